@@ -1,0 +1,56 @@
+#!/usr/bin/env node
+import { Command } from 'commander';
+
+import { startRegistry } from '../app.js';
+import { ConfigError, loadConfig } from '../config/index.js';
+import { createLogger } from '../log.js';
+
+const program = new Command();
+program.name('mcr').description('mcr, a self-hosted OCI container registry');
+
+program
+  .command('serve', { isDefault: true })
+  .description('run the registry (the default command)')
+  .option(
+    '-c, --config <path>',
+    'TOML configuration file (default: $MCR_CONFIG, or built-in defaults)',
+  )
+  .action(async (options: { config?: string }) => {
+    let config;
+    try {
+      config = loadConfig({ file: options.config });
+    } catch (error) {
+      if (error instanceof ConfigError) {
+        process.stderr.write(`mcr: ${error.message}\n`);
+        process.exit(2);
+      }
+      throw error;
+    }
+
+    const log = createLogger(config.log.level);
+    const running = await startRegistry(config, log);
+
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ signal }, 'mcr stopping');
+      running.close().then(
+        () => {
+          log.info('mcr stopped');
+          process.exit(0);
+        },
+        (error: unknown) => {
+          log.error({ err: error }, 'error while stopping');
+          process.exit(1);
+        },
+      );
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+
+program.parseAsync(process.argv).catch((error: unknown) => {
+  process.stderr.write(`mcr: ${(error as Error).stack ?? String(error)}\n`);
+  process.exit(1);
+});

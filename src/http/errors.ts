@@ -1,0 +1,52 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+
+import { RegistryError } from '../registry/errors.js';
+
+/** The body of an error response in the distribution specification's format. */
+export function errorBody(code: string, message: string, detail?: unknown): string {
+  return JSON.stringify({
+    errors: [{ code, message, ...(detail === undefined ? {} : { detail }) }],
+  });
+}
+
+/**
+ * Renders any error thrown while handling a /v2/ request. Registry errors keep
+ * their code and status; anything else is logged and becomes a 500 whose body
+ * hides the internals.
+ */
+export function sendError(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  error: unknown,
+): FastifyReply {
+  if (reply.sent || reply.raw.headersSent) {
+    request.log.warn({ err: error }, 'error after the response started; closing the connection');
+    reply.raw.destroy();
+    return reply;
+  }
+
+  if (error instanceof RegistryError) {
+    reply.code(error.status).headers(error.headers).type('application/json');
+    if (error.status >= 500) request.log.error({ err: error }, 'request failed');
+    return reply.send(errorBody(error.code, error.message, error.detail));
+  }
+
+  const status = httpStatusOf(error);
+  if (status !== undefined && status < 500) {
+    return reply
+      .code(status)
+      .type('application/json')
+      .send(errorBody('UNSUPPORTED', (error as Error).message));
+  }
+
+  request.log.error({ err: error }, 'unhandled error while serving a request');
+  return reply
+    .code(500)
+    .type('application/json')
+    .send(errorBody('UNKNOWN', 'internal server error; the registry log has the details'));
+}
+
+function httpStatusOf(error: unknown): number | undefined {
+  const status = (error as { statusCode?: unknown }).statusCode;
+  return typeof status === 'number' ? status : undefined;
+}

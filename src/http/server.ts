@@ -1,0 +1,68 @@
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+
+import type { AccessControl } from '../auth/access.js';
+import type { Registry } from '../registry/index.js';
+import { errorBody, sendError } from './errors.js';
+import { registerV2 } from './v2/index.js';
+
+export interface ServerOptions {
+  registry: Registry;
+  access: AccessControl;
+  log: Logger;
+  externalUrl: string;
+  https?: { cert: Buffer; key: Buffer };
+}
+
+/**
+ * Builds the HTTP server. Request bodies are never parsed by the framework:
+ * handlers stream them, so blob bytes pass through without being buffered.
+ */
+export function buildServer(options: ServerOptions): FastifyInstance {
+  const app = Fastify({
+    loggerInstance: options.log,
+    disableRequestLogging: true,
+    exposeHeadRoutes: false,
+    return503OnClosing: true,
+    requestTimeout: 0,
+    routerOptions: { maxParamLength: 8192 },
+    ...(options.https ? { https: { ...options.https, minVersion: 'TLSv1.3' as const } } : {}),
+  }) as unknown as FastifyInstance;
+
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (_request, _payload, done) => done(null));
+
+  app.addHook('onRequest', async (_request, reply) => {
+    reply.header('Docker-Distribution-API-Version', 'registry/2.0');
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    request.log.info(
+      {
+        method: request.method,
+        path: request.url.split('?')[0],
+        status: reply.statusCode,
+        durationMs: Math.round(reply.elapsedTime * 10) / 10,
+        client: request.ip,
+      },
+      'request',
+    );
+  });
+
+  app.setErrorHandler((error, request, reply) => sendError(request, reply, error));
+  app.setNotFoundHandler((request, reply) => {
+    reply
+      .code(404)
+      .type('application/json')
+      .send(
+        errorBody('NOT_FOUND', `no endpoint at ${request.method} ${request.url.slice(0, 300)}`),
+      );
+  });
+
+  registerV2(app, {
+    registry: options.registry,
+    access: options.access,
+    externalUrl: options.externalUrl,
+  });
+  return app;
+}

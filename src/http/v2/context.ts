@@ -1,0 +1,85 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+
+import type { AccessControl, Action, Caller } from '../../auth/access.js';
+import { RegistryError } from '../../registry/errors.js';
+import type { Registry } from '../../registry/index.js';
+
+/** What the /v2/ handlers share. */
+export interface V2Deps {
+  registry: Registry;
+  access: AccessControl;
+  /** Public base URL for Location headers; relative locations when empty. */
+  externalUrl: string;
+}
+
+/** One /v2/ request being handled. */
+export interface V2Call {
+  deps: V2Deps;
+  request: FastifyRequest;
+  reply: FastifyReply;
+  caller: Caller;
+  query: URLSearchParams;
+}
+
+/**
+ * Authorizes an operation through the single access-control decision. Every
+ * /v2/ handler calls this before touching the registry core.
+ */
+export async function authorize(
+  call: V2Call,
+  repository: string | null,
+  action: Action,
+): Promise<void> {
+  if (await call.deps.access.decide(call.caller, repository, action)) return;
+  if (call.caller.username === undefined) {
+    throw new RegistryError('UNAUTHORIZED', 'authentication required');
+  }
+  throw new RegistryError(
+    'DENIED',
+    `${call.caller.username} may not ${action}${repository ? ` ${repository}` : ''}`,
+    { detail: repository ? { repository, action } : { action } },
+  );
+}
+
+/** Builds a Location header value for a path under /v2/. */
+export function location(call: V2Call, path: string): string {
+  return call.deps.externalUrl ? `${call.deps.externalUrl.replace(/\/+$/, '')}${path}` : path;
+}
+
+/** Percent-encodes each segment of a repository name for use in a URL. */
+export function namePath(name: string): string {
+  return name.split('/').map(encodeURIComponent).join('/');
+}
+
+/** Reports whether the request has a body to read. */
+export function hasBody(request: FastifyRequest): boolean {
+  const length = request.headers['content-length'];
+  if (length !== undefined) return Number(length) > 0;
+  return request.headers['transfer-encoding'] !== undefined;
+}
+
+/** Parses Content-Length; undefined when absent. */
+export function contentLength(request: FastifyRequest): number | undefined {
+  const value = request.headers['content-length'];
+  if (value === undefined) return undefined;
+  const length = Number(value);
+  if (!Number.isSafeInteger(length) || length < 0) {
+    throw new RegistryError('SIZE_INVALID', `invalid Content-Length "${value}"`);
+  }
+  return length;
+}
+
+/** Parses the `n` pagination parameter. */
+export function pageSize(call: V2Call): number | undefined {
+  const value = call.query.get('n');
+  if (value === null || value === '') return undefined;
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n)) {
+    throw new RegistryError(
+      'PAGINATION_NUMBER_INVALID',
+      `invalid n "${value.slice(0, 32)}": use a non-negative integer`,
+      { detail: { n: value.slice(0, 32) } },
+    );
+  }
+  return n;
+}

@@ -1,0 +1,113 @@
+import { RegistryError } from '../../registry/errors.js';
+import { MAX_MANIFEST_SIZE, parseReference } from '../../registry/index.js';
+import { authorize, location, namePath, type V2Call } from './context.js';
+
+/** GET and HEAD /v2/NAME/manifests/REF. */
+export async function getManifest(call: V2Call, name: string, ref: string): Promise<void> {
+  await authorize(call, name, 'pull');
+  const reference = parseReference(ref);
+  const manifest = await call.deps.registry.manifests.get(name, reference);
+
+  if (!acceptable(manifest.mediaType, call.request.headers.accept)) {
+    throw new RegistryError(
+      'MANIFEST_UNKNOWN',
+      `manifest ${ref} has media type ${manifest.mediaType}, which the Accept header does not list`,
+      { detail: { mediaType: manifest.mediaType } },
+    );
+  }
+
+  const etag = `"${manifest.digest}"`;
+  call.reply
+    .header('Content-Type', manifest.mediaType)
+    .header('Docker-Content-Digest', manifest.digest)
+    .header('ETag', etag)
+    .header('Content-Length', manifest.size);
+
+  if (call.request.headers['if-none-match'] === etag) {
+    call.reply.code(304).send();
+    return;
+  }
+  if (call.request.method === 'HEAD') {
+    call.reply.code(200).send();
+    return;
+  }
+  call.reply.code(200).send(manifest.content);
+}
+
+/** PUT /v2/NAME/manifests/REF. */
+export async function putManifest(call: V2Call, name: string, ref: string): Promise<void> {
+  await authorize(call, name, 'push');
+  const reference = parseReference(ref);
+  const content = await readBounded(call, MAX_MANIFEST_SIZE);
+  const result = await call.deps.registry.manifests.put(
+    name,
+    reference,
+    content,
+    call.request.headers['content-type'],
+  );
+
+  call.reply
+    .code(201)
+    .header('Location', location(call, `/v2/${namePath(name)}/manifests/${result.digest}`))
+    .header('Docker-Content-Digest', result.digest)
+    .header('Content-Length', 0);
+  if (result.subject) call.reply.header('OCI-Subject', result.subject);
+  call.reply.send();
+}
+
+/** DELETE /v2/NAME/manifests/REF. */
+export async function deleteManifest(call: V2Call, name: string, ref: string): Promise<void> {
+  await authorize(call, name, 'delete');
+  const reference = parseReference(ref);
+  await call.deps.registry.manifests.delete(name, reference);
+  call.reply.code(202).header('Content-Length', 0).send();
+}
+
+/**
+ * Reads a request body into memory, rejecting one larger than `limit` bytes
+ * with 413 as soon as it passes the limit.
+ */
+async function readBounded(call: V2Call, limit: number): Promise<Buffer> {
+  const declared = Number(call.request.headers['content-length'] ?? 0);
+  if (declared > limit) throw tooLarge(declared, limit);
+
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of call.request.raw) {
+    total += (chunk as Buffer).length;
+    if (total > limit) throw tooLarge(total, limit);
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks, total);
+}
+
+function tooLarge(size: number, limit: number): RegistryError {
+  return new RegistryError(
+    'SIZE_INVALID',
+    `manifest is larger than the ${limit}-byte maximum (at least ${size} bytes)`,
+    { status: 413 },
+  );
+}
+
+/**
+ * Reports whether the Accept header allows the stored media type. Negotiation
+ * may only refuse, never convert: a request whose Accept lists no manifest
+ * media type at all (or a wildcard) is served whatever is stored.
+ */
+function acceptable(mediaType: string, accept: string | undefined): boolean {
+  if (!accept) return true;
+  const listed = accept
+    .split(',')
+    .map((part) => part.split(';')[0]?.trim().toLowerCase() ?? '')
+    .filter((part) => part !== '');
+  if (listed.length === 0) return true;
+  if (listed.some((type) => type === '*/*' || type === 'application/*')) return true;
+  if (listed.includes(mediaType)) return true;
+
+  const namesManifestTypes = listed.some(
+    (type) =>
+      type.startsWith('application/vnd.oci.image.') ||
+      type.startsWith('application/vnd.docker.distribution.manifest.'),
+  );
+  return !namesManifestTypes;
+}

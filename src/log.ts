@@ -1,0 +1,25 @@
+import { pino, type Logger } from 'pino';
+
+/**
+ * Creates the process logger: JSON lines on standard output. Authorization
+ * headers and cookies are redacted wherever they appear in a logged object.
+ */
+export function createLogger(level: string): Logger {
+  return pino({
+    level,
+    base: { service: 'mcr', pid: process.pid },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    redact: {
+      paths: [
+        'req.headers.authorization',
+        'req.headers.cookie',
+        'headers.authorization',
+        'password',
+        '*.password',
+        'token',
+        '*.token',
+      ],
+      censor: '[redacted]',
+    },
+  });
+}

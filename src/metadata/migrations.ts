@@ -1,0 +1,185 @@
+import { sql, type Kysely } from 'kysely';
+
+import type { Database } from './schema.js';
+
+export type Dialect = 'sqlite' | 'postgres';
+
+interface Migration {
+  version: number;
+  name: string;
+  up(db: Kysely<Database>, dialect: Dialect): Promise<void>;
+}
+
+/** Builds an auto-incrementing integer primary key in either dialect. */
+function idColumnType(dialect: Dialect): 'integer' | 'bigserial' {
+  return dialect === 'sqlite' ? 'integer' : 'bigserial';
+}
+
+/**
+ * The schema's history, in order. A migration, once released, never changes:
+ * add a new one instead. Each runs in its own transaction together with the
+ * row that records it, so a crash leaves it either applied or not.
+ */
+export const MIGRATIONS: Migration[] = [
+  {
+    version: 1,
+    name: 'registry core',
+    async up(db, dialect) {
+      const id = idColumnType(dialect);
+      const bytes = dialect === 'sqlite' ? 'blob' : 'bytea';
+
+      await db.schema
+        .createTable('repositories')
+        .addColumn('id', id, (col) =>
+          dialect === 'sqlite' ? col.primaryKey().autoIncrement() : col.primaryKey(),
+        )
+        .addColumn('name', 'text', (col) => col.notNull().unique())
+        .addColumn('created_at', 'bigint', (col) => col.notNull())
+        .execute();
+
+      await db.schema
+        .createTable('blobs')
+        .addColumn('id', id, (col) =>
+          dialect === 'sqlite' ? col.primaryKey().autoIncrement() : col.primaryKey(),
+        )
+        .addColumn('digest', 'text', (col) => col.notNull().unique())
+        .addColumn('size', 'bigint', (col) => col.notNull())
+        .addColumn('created_at', 'bigint', (col) => col.notNull())
+        .execute();
+
+      await db.schema
+        .createTable('repository_blobs')
+        .addColumn('repository_id', 'bigint', (col) =>
+          col.notNull().references('repositories.id').onDelete('cascade'),
+        )
+        .addColumn('blob_id', 'bigint', (col) => col.notNull().references('blobs.id'))
+        .addColumn('created_at', 'bigint', (col) => col.notNull())
+        .addPrimaryKeyConstraint('repository_blobs_pk', ['repository_id', 'blob_id'])
+        .execute();
+      await db.schema
+        .createIndex('repository_blobs_blob')
+        .on('repository_blobs')
+        .column('blob_id')
+        .execute();
+
+      await db.schema
+        .createTable('manifests')
+        .addColumn('id', id, (col) =>
+          dialect === 'sqlite' ? col.primaryKey().autoIncrement() : col.primaryKey(),
+        )
+        .addColumn('repository_id', 'bigint', (col) =>
+          col.notNull().references('repositories.id').onDelete('cascade'),
+        )
+        .addColumn('digest', 'text', (col) => col.notNull())
+        .addColumn('media_type', 'text', (col) => col.notNull())
+        .addColumn('artifact_type', 'text')
+        .addColumn('subject_digest', 'text')
+        .addColumn('annotations', 'text')
+        .addColumn('content', bytes, (col) => col.notNull())
+        .addColumn('size', 'bigint', (col) => col.notNull())
+        .addColumn('created_at', 'bigint', (col) => col.notNull())
+        .addUniqueConstraint('manifests_repository_digest', ['repository_id', 'digest'])
+        .execute();
+      await db.schema
+        .createIndex('manifests_subject')
+        .on('manifests')
+        .columns(['repository_id', 'subject_digest'])
+        .execute();
+
+      await db.schema
+        .createTable('manifest_references')
+        .addColumn('manifest_id', 'bigint', (col) =>
+          col.notNull().references('manifests.id').onDelete('cascade'),
+        )
+        .addColumn('digest', 'text', (col) => col.notNull())
+        .addColumn('kind', 'text', (col) => col.notNull())
+        .addColumn('blob_id', 'bigint', (col) => col.references('blobs.id'))
+        .addPrimaryKeyConstraint('manifest_references_pk', ['manifest_id', 'digest'])
+        .execute();
+      await db.schema
+        .createIndex('manifest_references_blob')
+        .on('manifest_references')
+        .column('blob_id')
+        .execute();
+      await db.schema
+        .createIndex('manifest_references_digest')
+        .on('manifest_references')
+        .column('digest')
+        .execute();
+
+      await db.schema
+        .createTable('tags')
+        .addColumn('id', id, (col) =>
+          dialect === 'sqlite' ? col.primaryKey().autoIncrement() : col.primaryKey(),
+        )
+        .addColumn('repository_id', 'bigint', (col) =>
+          col.notNull().references('repositories.id').onDelete('cascade'),
+        )
+        .addColumn('name', 'text', (col) => col.notNull())
+        .addColumn('manifest_id', 'bigint', (col) =>
+          col.notNull().references('manifests.id').onDelete('cascade'),
+        )
+        .addColumn('updated_at', 'bigint', (col) => col.notNull())
+        .addUniqueConstraint('tags_repository_name', ['repository_id', 'name'])
+        .execute();
+      await db.schema.createIndex('tags_manifest').on('tags').column('manifest_id').execute();
+
+      await db.schema
+        .createTable('uploads')
+        .addColumn('id', 'text', (col) => col.primaryKey())
+        .addColumn('repository_id', 'bigint', (col) =>
+          col.notNull().references('repositories.id').onDelete('cascade'),
+        )
+        .addColumn('offset', 'bigint', (col) => col.notNull())
+        .addColumn('storage_key', 'text', (col) => col.notNull())
+        .addColumn('started_at', 'bigint', (col) => col.notNull())
+        .addColumn('updated_at', 'bigint', (col) => col.notNull())
+        .execute();
+    },
+  },
+];
+
+/**
+ * Applies every migration newer than the database's version. Safe to run on
+ * every start and from several processes: applied versions are skipped, and
+ * the recording insert fails for a version another process applied first.
+ */
+export async function migrate(db: Kysely<Database>, dialect: Dialect): Promise<number[]> {
+  await db.schema
+    .createTable('schema_migrations')
+    .ifNotExists()
+    .addColumn('version', 'integer', (col) => col.primaryKey())
+    .addColumn('name', 'text', (col) => col.notNull())
+    .addColumn('applied_at', 'bigint', (col) => col.notNull())
+    .execute();
+
+  const applied: number[] = [];
+  for (const migration of MIGRATIONS) {
+    const done = await db
+      .selectFrom('schema_migrations')
+      .select('version')
+      .where('version', '=', migration.version)
+      .executeTakeFirst();
+    if (done) continue;
+
+    await db.transaction().execute(async (trx) => {
+      if (dialect === 'postgres') {
+        // Serialises concurrent starts of several processes on one database.
+        await sql`select pg_advisory_xact_lock(7283001)`.execute(trx);
+        const raced = await trx
+          .selectFrom('schema_migrations')
+          .select('version')
+          .where('version', '=', migration.version)
+          .executeTakeFirst();
+        if (raced) return;
+      }
+      await migration.up(trx, dialect);
+      await trx
+        .insertInto('schema_migrations')
+        .values({ version: migration.version, name: migration.name, applied_at: Date.now() })
+        .execute();
+      applied.push(migration.version);
+    });
+  }
+  return applied;
+}

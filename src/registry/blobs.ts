@@ -1,0 +1,136 @@
+import type { Readable } from 'node:stream';
+
+import type { Transaction } from 'kysely';
+
+import type { Database } from '../metadata/schema.js';
+import { BlobNotFoundError, type ByteRange } from '../storage/types.js';
+import type { CoreContext } from './core.js';
+import type { Digest } from './digest.js';
+import { RegistryError } from './errors.js';
+import { findRepositoryId } from './repositories.js';
+
+/** A blob as a repository serves it. */
+export interface BlobInfo {
+  digest: string;
+  size: number;
+}
+
+/** Serves, links and unlinks blobs within repositories. */
+export class Blobs {
+  constructor(private readonly ctx: CoreContext) {}
+
+  /** Returns the blob's size if the repository holds it; throws BLOB_UNKNOWN otherwise. */
+  async stat(repository: string, digest: Digest): Promise<BlobInfo> {
+    const row = await this.ctx.db
+      .selectFrom('blobs')
+      .innerJoin('repository_blobs', 'repository_blobs.blob_id', 'blobs.id')
+      .innerJoin('repositories', 'repositories.id', 'repository_blobs.repository_id')
+      .select(['blobs.digest', 'blobs.size'])
+      .where('repositories.name', '=', repository)
+      .where('blobs.digest', '=', digest.value)
+      .executeTakeFirst();
+    if (!row) throw blobUnknown(repository, digest.value);
+    return { digest: row.digest, size: row.size };
+  }
+
+  /** Opens the blob's bytes, or the given inclusive range of them. */
+  async open(repository: string, digest: Digest, range?: ByteRange): Promise<Readable> {
+    try {
+      return await this.ctx.store.read(digest, range);
+    } catch (error) {
+      if (!(error instanceof BlobNotFoundError)) throw error;
+      this.ctx.log.error(
+        { repository, digest: digest.value },
+        'blob is recorded in the database but its bytes are missing from storage',
+      );
+      throw blobUnknown(repository, digest.value);
+    }
+  }
+
+  /**
+   * Removes the blob from the repository. Its bytes stay until garbage
+   * collection finds nothing else that references them.
+   */
+  async unlink(repository: string, digest: Digest): Promise<void> {
+    const repositoryId = await findRepositoryId(this.ctx.db, repository);
+    if (repositoryId === undefined) throw blobUnknown(repository, digest.value);
+
+    const blob = await this.ctx.db
+      .selectFrom('blobs')
+      .select('id')
+      .where('digest', '=', digest.value)
+      .executeTakeFirst();
+    if (!blob) throw blobUnknown(repository, digest.value);
+
+    const result = await this.ctx.db
+      .deleteFrom('repository_blobs')
+      .where('repository_id', '=', repositoryId)
+      .where('blob_id', '=', blob.id)
+      .executeTakeFirst();
+    if (result.numDeletedRows === 0n) throw blobUnknown(repository, digest.value);
+  }
+
+  /**
+   * Finds a blob held by another repository, for a mount. Returns the id of
+   * the blob row when `from` holds the blob.
+   */
+  async findInRepository(repository: string, digest: string): Promise<number | undefined> {
+    const row = await this.ctx.db
+      .selectFrom('blobs')
+      .innerJoin('repository_blobs', 'repository_blobs.blob_id', 'blobs.id')
+      .innerJoin('repositories', 'repositories.id', 'repository_blobs.repository_id')
+      .select('blobs.id')
+      .where('repositories.name', '=', repository)
+      .where('blobs.digest', '=', digest)
+      .executeTakeFirst();
+    return row?.id;
+  }
+
+  /** Lists up to `limit` repositories that hold a blob, for a mount without `from`. */
+  async repositoriesHolding(digest: string, limit: number): Promise<string[]> {
+    const rows = await this.ctx.db
+      .selectFrom('repositories')
+      .innerJoin('repository_blobs', 'repository_blobs.repository_id', 'repositories.id')
+      .innerJoin('blobs', 'blobs.id', 'repository_blobs.blob_id')
+      .select('repositories.name')
+      .where('blobs.digest', '=', digest)
+      .orderBy('repositories.name')
+      .limit(limit)
+      .execute();
+    return rows.map((row) => row.name);
+  }
+}
+
+/** Records a stored blob (once, whatever the repository) and returns its row id. */
+export async function recordBlob(
+  trx: Transaction<Database>,
+  digest: string,
+  size: number,
+): Promise<number> {
+  const row = await trx
+    .insertInto('blobs')
+    .values({ digest, size, created_at: Date.now() })
+    .onConflict((oc) => oc.column('digest').doUpdateSet({ digest }))
+    .returning('id')
+    .executeTakeFirstOrThrow();
+  return row.id;
+}
+
+/** Lets a repository serve a blob; linking twice is harmless. */
+export async function linkBlob(
+  trx: Transaction<Database>,
+  repositoryId: number,
+  blobId: number,
+): Promise<void> {
+  await trx
+    .insertInto('repository_blobs')
+    .values({ repository_id: repositoryId, blob_id: blobId, created_at: Date.now() })
+    .onConflict((oc) => oc.columns(['repository_id', 'blob_id']).doNothing())
+    .execute();
+}
+
+function blobUnknown(repository: string, digest: string): RegistryError {
+  return new RegistryError('BLOB_UNKNOWN', `blob ${digest} is not in repository ${repository}`, {
+    detail: { repository, digest },
+  });
+}

@@ -1,0 +1,17 @@
+import type { Kysely } from 'kysely';
+import type { Logger } from 'pino';
+
+import type { Dialect } from '../metadata/migrations.js';
+import type { Database } from '../metadata/schema.js';
+import type { BlobStore } from '../storage/types.js';
+
+/** What every part of the registry core works with. */
+export interface CoreContext {
+  db: Kysely<Database>;
+  dialect: Dialect;
+  store: BlobStore;
+  log: Logger;
+}
+
+/** Largest page any listing returns, whatever `n` the client asks for. */
+export const MAX_PAGE_SIZE = 1000;

@@ -1,0 +1,156 @@
+import { sql } from 'kysely';
+
+import { MAX_PAGE_SIZE, type CoreContext } from './core.js';
+import { RegistryError } from './errors.js';
+import { MEDIA_TYPES } from './media-types.js';
+import { findRepositoryId } from './repositories.js';
+
+/** One page of a lexically ordered listing; `next` is set when more remain. */
+export interface Page {
+  items: string[];
+  /** The last item of this page, for the `last` parameter of the next request. */
+  next?: string;
+}
+
+/** The OCI image index the referrers API returns. */
+export interface ReferrersIndex {
+  schemaVersion: 2;
+  mediaType: typeof MEDIA_TYPES.ociIndex;
+  manifests: Array<{
+    mediaType: string;
+    digest: string;
+    size: number;
+    artifactType?: string;
+    annotations?: Record<string, string>;
+  }>;
+}
+
+/** Tag lists, the catalog and referrers: the read-only listings of the API. */
+export class Listings {
+  constructor(private readonly ctx: CoreContext) {}
+
+  /** Lists a repository's tags in lexical (byte) order after `last`. */
+  async tags(
+    repository: string,
+    limit: number | undefined,
+    last: string | undefined,
+  ): Promise<Page> {
+    const repositoryId = await findRepositoryId(this.ctx.db, repository);
+    if (repositoryId === undefined) {
+      throw new RegistryError('NAME_UNKNOWN', `repository ${repository} is not known`, {
+        detail: { name: repository },
+      });
+    }
+    if (limit === 0) return { items: [] };
+
+    let query = this.ctx.db
+      .selectFrom('tags')
+      .select('name')
+      .where('repository_id', '=', repositoryId)
+      .orderBy(this.byteOrder('name'));
+    if (last !== undefined) query = query.where(this.byteOrder('name'), '>', last);
+    if (limit !== undefined) query = query.limit(limit + 1);
+
+    const names = (await query.execute()).map((row) => row.name);
+    return paginate(names, limit);
+  }
+
+  /**
+   * Lists repositories that hold content, in lexical order after `last`,
+   * keeping only those `visible` allows. Filtering happens before paging, so a
+   * page is full whenever enough visible repositories remain.
+   */
+  async catalog(
+    limit: number,
+    last: string | undefined,
+    visible: (repository: string) => Promise<boolean>,
+  ): Promise<Page> {
+    if (limit === 0) return { items: [] };
+
+    const items: string[] = [];
+    let cursor = last;
+    const batchSize = Math.min(Math.max(limit + 1, 100), MAX_PAGE_SIZE + 1);
+
+    while (items.length <= limit) {
+      let query = this.ctx.db
+        .selectFrom('repositories')
+        .select('name')
+        .where((eb) =>
+          eb.or([
+            eb.exists(
+              eb
+                .selectFrom('manifests')
+                .select(sql`1`.as('one'))
+                .whereRef('manifests.repository_id', '=', 'repositories.id'),
+            ),
+            eb.exists(
+              eb
+                .selectFrom('repository_blobs')
+                .select(sql`1`.as('one'))
+                .whereRef('repository_blobs.repository_id', '=', 'repositories.id'),
+            ),
+          ]),
+        )
+        .orderBy(this.byteOrder('name'))
+        .limit(batchSize);
+      if (cursor !== undefined) query = query.where(this.byteOrder('name'), '>', cursor);
+
+      const rows = await query.execute();
+      for (const row of rows) {
+        if (await visible(row.name)) items.push(row.name);
+        if (items.length > limit) break;
+      }
+      if (rows.length < batchSize) break;
+      cursor = rows[rows.length - 1]?.name;
+    }
+
+    return paginate(items, limit);
+  }
+
+  /** Lists manifests whose subject is `digest`, optionally of one artifact type. */
+  async referrers(
+    repository: string,
+    digest: string,
+    artifactType: string | undefined,
+  ): Promise<ReferrersIndex> {
+    const index: ReferrersIndex = {
+      schemaVersion: 2,
+      mediaType: MEDIA_TYPES.ociIndex,
+      manifests: [],
+    };
+    const repositoryId = await findRepositoryId(this.ctx.db, repository);
+    if (repositoryId === undefined) return index;
+
+    let query = this.ctx.db
+      .selectFrom('manifests')
+      .select(['digest', 'media_type', 'size', 'artifact_type', 'annotations'])
+      .where('repository_id', '=', repositoryId)
+      .where('subject_digest', '=', digest)
+      .orderBy('id');
+    if (artifactType !== undefined) query = query.where('artifact_type', '=', artifactType);
+
+    for (const row of await query.execute()) {
+      index.manifests.push({
+        mediaType: row.media_type,
+        digest: row.digest,
+        size: row.size,
+        ...(row.artifact_type ? { artifactType: row.artifact_type } : {}),
+        ...(row.annotations ? { annotations: JSON.parse(row.annotations) } : {}),
+      });
+    }
+    return index;
+  }
+
+  /** Orders text by bytes in both dialects, as the specification's "lexical" order. */
+  private byteOrder(column: 'name') {
+    return this.ctx.dialect === 'postgres'
+      ? sql<string>`${sql.ref(column)} collate "C"`
+      : sql<string>`${sql.ref(column)}`;
+  }
+}
+
+function paginate(items: string[], limit: number | undefined): Page {
+  if (limit === undefined || items.length <= limit) return { items };
+  const page = items.slice(0, limit);
+  return { items: page, next: page[page.length - 1] };
+}

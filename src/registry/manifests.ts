@@ -1,0 +1,347 @@
+import type { Transaction } from 'kysely';
+
+import type { Database } from '../metadata/schema.js';
+import type { CoreContext } from './core.js';
+import { digestOf, parseDigest } from './digest.js';
+import { RegistryError } from './errors.js';
+import { parseManifest, type Descriptor, type ParsedManifest } from './manifest-parser.js';
+import { NON_DISTRIBUTABLE_LAYER_TYPES } from './media-types.js';
+import { isTag } from './names.js';
+import { ensureRepository, findRepositoryId } from './repositories.js';
+
+/** Largest manifest body accepted, in bytes (4 MiB). */
+export const MAX_MANIFEST_SIZE = 4 * 1024 * 1024;
+
+/** A stored manifest, with the exact bytes the client pushed. */
+export interface StoredManifest {
+  digest: string;
+  mediaType: string;
+  content: Buffer;
+  size: number;
+}
+
+/** The outcome of a manifest push. */
+export interface PushResult {
+  digest: string;
+  /** The subject's digest, returned to the client as OCI-Subject. */
+  subject?: string;
+  /** The tag moved by the push, with the digest it pointed at before. */
+  tag?: { name: string; previous?: string };
+}
+
+/** A parsed reference: a tag or a digest. */
+export type Reference = { kind: 'tag'; tag: string } | { kind: 'digest'; digest: string };
+
+/** Parses the REF of /v2/NAME/manifests/REF; throws for anything else. */
+export function parseReference(reference: string): Reference {
+  if (reference.includes(':')) {
+    return { kind: 'digest', digest: parseDigest(reference).value };
+  }
+  if (!isTag(reference)) {
+    throw new RegistryError(
+      'MANIFEST_INVALID',
+      `invalid tag "${reference.slice(0, 200)}": use up to 128 letters, digits, "_", "." and "-", not starting with "." or "-"`,
+      { status: 400, detail: { reference: reference.slice(0, 200) } },
+    );
+  }
+  return { kind: 'tag', tag: reference };
+}
+
+/** Stores, serves and deletes manifests, and moves tags with them. */
+export class Manifests {
+  constructor(private readonly ctx: CoreContext) {}
+
+  /** Looks a manifest up by tag or digest; throws MANIFEST_UNKNOWN when absent. */
+  async get(repository: string, reference: Reference): Promise<StoredManifest> {
+    let query = this.ctx.db
+      .selectFrom('manifests')
+      .innerJoin('repositories', 'repositories.id', 'manifests.repository_id')
+      .select(['manifests.digest', 'manifests.media_type', 'manifests.content', 'manifests.size'])
+      .where('repositories.name', '=', repository);
+
+    query =
+      reference.kind === 'digest'
+        ? query.where('manifests.digest', '=', reference.digest)
+        : query
+            .innerJoin('tags', 'tags.manifest_id', 'manifests.id')
+            .where('tags.name', '=', reference.tag);
+
+    const row = await query.executeTakeFirst();
+    if (!row) throw manifestUnknown(repository, reference);
+    return {
+      digest: row.digest,
+      mediaType: row.media_type,
+      content: Buffer.from(row.content),
+      size: row.size,
+    };
+  }
+
+  /**
+   * Pushes a manifest: verifies the digest of the exact bytes, validates every
+   * referenced blob and child manifest, then in one transaction stores the
+   * manifest and its references and points the tag at it.
+   */
+  async put(
+    repository: string,
+    reference: Reference,
+    content: Buffer,
+    contentType: string | undefined,
+  ): Promise<PushResult> {
+    if (content.length > MAX_MANIFEST_SIZE) {
+      throw new RegistryError(
+        'SIZE_INVALID',
+        `manifest is ${content.length} bytes; the maximum is ${MAX_MANIFEST_SIZE}`,
+        { status: 413 },
+      );
+    }
+
+    const algorithm =
+      reference.kind === 'digest' ? parseDigest(reference.digest).algorithm : 'sha256';
+    const digest = digestOf(content, algorithm);
+    if (reference.kind === 'digest' && reference.digest !== digest) {
+      throw new RegistryError(
+        'DIGEST_INVALID',
+        `manifest content has digest ${digest}, not ${reference.digest}`,
+        { detail: { expected: reference.digest, actual: digest } },
+      );
+    }
+
+    const manifest = parseManifest(content, contentType);
+
+    const previous = await this.ctx.db.transaction().execute(async (trx) => {
+      const repositoryId = await ensureRepository(trx, repository);
+      const references = await this.resolveReferences(trx, repositoryId, repository, manifest);
+      const manifestId = await this.upsertManifest(trx, repositoryId, digest, content, manifest);
+
+      await trx.deleteFrom('manifest_references').where('manifest_id', '=', manifestId).execute();
+      if (references.length > 0) {
+        await trx
+          .insertInto('manifest_references')
+          .values(references.map((ref) => ({ manifest_id: manifestId, ...ref })))
+          .onConflict((oc) => oc.columns(['manifest_id', 'digest']).doNothing())
+          .execute();
+      }
+
+      if (reference.kind !== 'tag') return undefined;
+      return this.moveTag(trx, repositoryId, reference.tag, manifestId);
+    });
+
+    this.ctx.log.info(
+      {
+        repository,
+        digest,
+        mediaType: manifest.mediaType,
+        tag: reference.kind === 'tag' ? reference.tag : undefined,
+      },
+      'manifest pushed',
+    );
+
+    return {
+      digest,
+      subject: manifest.subject?.digest,
+      tag: reference.kind === 'tag' ? { name: reference.tag, previous } : undefined,
+    };
+  }
+
+  /**
+   * Deletes by digest (the manifest and every tag pointing at it) or by tag
+   * (the tag only). Throws MANIFEST_UNKNOWN when there is nothing to delete.
+   */
+  async delete(repository: string, reference: Reference): Promise<void> {
+    const repositoryId = await findRepositoryId(this.ctx.db, repository);
+    if (repositoryId === undefined) throw manifestUnknown(repository, reference);
+
+    const result =
+      reference.kind === 'digest'
+        ? await this.ctx.db
+            .deleteFrom('manifests')
+            .where('repository_id', '=', repositoryId)
+            .where('digest', '=', reference.digest)
+            .executeTakeFirst()
+        : await this.ctx.db
+            .deleteFrom('tags')
+            .where('repository_id', '=', repositoryId)
+            .where('name', '=', reference.tag)
+            .executeTakeFirst();
+    if (result.numDeletedRows === 0n) throw manifestUnknown(repository, reference);
+
+    this.ctx.log.info(
+      {
+        repository,
+        digest: reference.kind === 'digest' ? reference.digest : undefined,
+        tag: reference.kind === 'tag' ? reference.tag : undefined,
+      },
+      reference.kind === 'digest' ? 'manifest deleted' : 'tag deleted',
+    );
+  }
+
+  /**
+   * Checks that every blob and child manifest the manifest names is in the
+   * repository, and returns the reference rows to store.
+   */
+  private async resolveReferences(
+    trx: Transaction<Database>,
+    repositoryId: number,
+    repository: string,
+    manifest: ParsedManifest,
+  ): Promise<Array<{ digest: string; kind: 'blob' | 'manifest'; blob_id: number | null }>> {
+    const rows: Array<{ digest: string; kind: 'blob' | 'manifest'; blob_id: number | null }> = [];
+
+    if (manifest.isIndex) {
+      const digests = unique(manifest.manifests.map((child) => child.digest));
+      const found = new Set<string>();
+      for (const batch of chunks(digests, 500)) {
+        const present = await trx
+          .selectFrom('manifests')
+          .select('digest')
+          .where('repository_id', '=', repositoryId)
+          .where('digest', 'in', batch)
+          .execute();
+        for (const row of present) found.add(row.digest);
+      }
+      const missing = digests.filter((digest) => !found.has(digest));
+      if (missing.length > 0) {
+        throw new RegistryError(
+          'MANIFEST_UNKNOWN',
+          `index references manifest ${missing[0]}, which is not in repository ${repository}; push it first`,
+          { status: 400, detail: { repository, missing } },
+        );
+      }
+      for (const digest of digests) rows.push({ digest, kind: 'manifest', blob_id: null });
+      return rows;
+    }
+
+    const descriptors = [manifest.config as Descriptor, ...manifest.layers];
+    const digests = unique(descriptors.map((descriptor) => descriptor.digest));
+    const found = new Map<string, { id: number; size: number }>();
+    for (const batch of chunks(digests, 500)) {
+      const present = await trx
+        .selectFrom('blobs')
+        .innerJoin('repository_blobs', 'repository_blobs.blob_id', 'blobs.id')
+        .select(['blobs.id', 'blobs.digest', 'blobs.size'])
+        .where('repository_blobs.repository_id', '=', repositoryId)
+        .where('blobs.digest', 'in', batch)
+        .execute();
+      for (const row of present) found.set(row.digest, { id: row.id, size: row.size });
+    }
+
+    const missing: string[] = [];
+    const recorded = new Set<string>();
+    for (const descriptor of descriptors) {
+      const blob = found.get(descriptor.digest);
+      if (!blob) {
+        if (isExternalLayer(descriptor)) continue;
+        missing.push(descriptor.digest);
+        continue;
+      }
+      if (blob.size !== descriptor.size) {
+        throw new RegistryError(
+          'MANIFEST_INVALID',
+          `descriptor of ${descriptor.digest} gives size ${descriptor.size}, but the blob has ${blob.size} bytes`,
+          { detail: { digest: descriptor.digest, declared: descriptor.size, actual: blob.size } },
+        );
+      }
+      if (recorded.has(descriptor.digest)) continue;
+      recorded.add(descriptor.digest);
+      rows.push({ digest: descriptor.digest, kind: 'blob', blob_id: blob.id });
+    }
+
+    if (missing.length > 0) {
+      throw new RegistryError(
+        'MANIFEST_BLOB_UNKNOWN',
+        `manifest references blob ${missing[0]}, which is not in repository ${repository}; push it first`,
+        { detail: { repository, missing: unique(missing) } },
+      );
+    }
+    // Every referenced blob is already linked to the repository (checked
+    // above), so the push adds no repository_blobs rows of its own.
+    return rows;
+  }
+
+  private async upsertManifest(
+    trx: Transaction<Database>,
+    repositoryId: number,
+    digest: string,
+    content: Buffer,
+    manifest: ParsedManifest,
+  ): Promise<number> {
+    const row = await trx
+      .insertInto('manifests')
+      .values({
+        repository_id: repositoryId,
+        digest,
+        media_type: manifest.mediaType,
+        artifact_type: manifest.artifactType ?? null,
+        subject_digest: manifest.subject?.digest ?? null,
+        annotations: manifest.annotations ? JSON.stringify(manifest.annotations) : null,
+        content,
+        size: content.length,
+        created_at: Date.now(),
+      })
+      .onConflict((oc) =>
+        oc.columns(['repository_id', 'digest']).doUpdateSet({ media_type: manifest.mediaType }),
+      )
+      .returning('id')
+      .executeTakeFirstOrThrow();
+    return row.id;
+  }
+
+  /** Points a tag at a manifest; returns the digest it pointed at before, if any. */
+  private async moveTag(
+    trx: Transaction<Database>,
+    repositoryId: number,
+    tag: string,
+    manifestId: number,
+  ): Promise<string | undefined> {
+    const previous = await trx
+      .selectFrom('tags')
+      .innerJoin('manifests', 'manifests.id', 'tags.manifest_id')
+      .select('manifests.digest')
+      .where('tags.repository_id', '=', repositoryId)
+      .where('tags.name', '=', tag)
+      .executeTakeFirst();
+
+    await trx
+      .insertInto('tags')
+      .values({
+        repository_id: repositoryId,
+        name: tag,
+        manifest_id: manifestId,
+        updated_at: Date.now(),
+      })
+      .onConflict((oc) =>
+        oc.columns(['repository_id', 'name']).doUpdateSet((eb) => ({
+          manifest_id: eb.ref('excluded.manifest_id'),
+          updated_at: eb.ref('excluded.updated_at'),
+        })),
+      )
+      .execute();
+    return previous?.digest;
+  }
+}
+
+function isExternalLayer(descriptor: Descriptor): boolean {
+  return (
+    NON_DISTRIBUTABLE_LAYER_TYPES.includes(descriptor.mediaType) &&
+    (descriptor.urls?.length ?? 0) > 0
+  );
+}
+
+function manifestUnknown(repository: string, reference: Reference): RegistryError {
+  const ref = reference.kind === 'tag' ? reference.tag : reference.digest;
+  return new RegistryError(
+    'MANIFEST_UNKNOWN',
+    `manifest ${ref} is not in repository ${repository}`,
+    {
+      detail: { repository, reference: ref },
+    },
+  );
+}
+
+function unique<T>(values: T[]): T[] {
+  return [...new Set(values)];
+}
+
+function* chunks<T>(values: T[], size: number): Iterable<T[]> {
+  for (let i = 0; i < values.length; i += size) yield values.slice(i, i + size);
+}

@@ -1,0 +1,31 @@
+import type { Kysely, Transaction } from 'kysely';
+
+import type { Database } from '../metadata/schema.js';
+
+type Executor = Kysely<Database> | Transaction<Database>;
+
+/** Returns a repository's id, or undefined when it does not exist. */
+export async function findRepositoryId(db: Executor, name: string): Promise<number | undefined> {
+  const row = await db
+    .selectFrom('repositories')
+    .select('id')
+    .where('name', '=', name)
+    .executeTakeFirst();
+  return row?.id;
+}
+
+/** Creates a repository unless it exists; returns its id either way. */
+export async function ensureRepository(db: Executor, name: string): Promise<number> {
+  const existing = await findRepositoryId(db, name);
+  if (existing !== undefined) return existing;
+
+  // The no-op update makes RETURNING yield the id also when another request
+  // created the row between the select above and this insert.
+  const row = await db
+    .insertInto('repositories')
+    .values({ name, created_at: Date.now() })
+    .onConflict((oc) => oc.column('name').doUpdateSet({ name }))
+    .returning('id')
+    .executeTakeFirstOrThrow();
+  return row.id;
+}

@@ -1,0 +1,361 @@
+import { randomUUID, type Hash } from 'node:crypto';
+
+import { UploadNotFoundError } from '../storage/types.js';
+import { linkBlob, recordBlob } from './blobs.js';
+import type { CoreContext } from './core.js';
+import { createDigestHash, type Digest } from './digest.js';
+import { RegistryError } from './errors.js';
+import { ensureRepository, findRepositoryId } from './repositories.js';
+
+/** An upload session's state, as the Range and Location headers report it. */
+export interface UploadSession {
+  id: string;
+  repository: string;
+  /** Bytes received so far. */
+  offset: number;
+}
+
+/** A chunk's position as a Content-Range header states it (inclusive end). */
+export interface ChunkRange {
+  start: number;
+  end: number;
+}
+
+export interface ChunkInput {
+  body: AsyncIterable<Uint8Array>;
+  /** From Content-Range, when the client sent one. */
+  range?: ChunkRange;
+  /** From Content-Length, when the client sent one. */
+  length?: number;
+}
+
+const UPLOAD_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** Hash states kept between the chunks of one upload; rebuilt from storage when missing. */
+const MAX_CACHED_HASHES = 1024;
+
+/**
+ * Upload sessions: start, append chunks, finalize into a blob, cancel, and
+ * the monolithic and mount shortcuts. The session's offset lives in the
+ * database and its bytes in the blob store, so any process can continue it.
+ * The running SHA-256 state is a per-process cache keyed by session and
+ * offset; a process without it re-hashes the stored bytes.
+ */
+export class Uploads {
+  private readonly hashes = new Map<string, { offset: number; hash: Hash }>();
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(private readonly ctx: CoreContext) {}
+
+  /** Starts a session in the repository, creating the repository if needed. */
+  async start(repository: string): Promise<UploadSession> {
+    const id = randomUUID();
+    await this.ctx.store.createUpload(id);
+
+    try {
+      const now = Date.now();
+      await this.ctx.db.transaction().execute(async (trx) => {
+        const repositoryId = await ensureRepository(trx, repository);
+        await trx
+          .insertInto('uploads')
+          .values({
+            id,
+            repository_id: repositoryId,
+            offset: 0,
+            storage_key: id,
+            started_at: now,
+            updated_at: now,
+          })
+          .execute();
+      });
+    } catch (error) {
+      await this.ctx.store.abortUpload(id);
+      throw error;
+    }
+
+    this.ctx.log.debug({ repository, upload: id }, 'upload session started');
+    return { id, repository, offset: 0 };
+  }
+
+  /** Returns the session's state; throws BLOB_UPLOAD_UNKNOWN when there is none. */
+  async status(repository: string, id: string): Promise<UploadSession> {
+    const row = await this.find(repository, id);
+    return { id, repository, offset: row.offset };
+  }
+
+  /**
+   * Appends a chunk. A Content-Range must start at the current offset (416
+   * otherwise, with the current Range), and the body must have exactly the
+   * length it declares; a short or failed body leaves the offset unchanged.
+   */
+  async append(repository: string, id: string, chunk: ChunkInput): Promise<UploadSession> {
+    return this.withLock(id, async () => {
+      const row = await this.find(repository, id);
+      const expected = expectedChunkLength(chunk, row.offset);
+      const offset = await this.write(row, chunk.body, expected);
+      return { id, repository, offset };
+    });
+  }
+
+  /**
+   * Completes a session: appends an optional last chunk, verifies the digest
+   * of everything received, and stores the blob. A digest mismatch cancels
+   * the session and throws DIGEST_INVALID.
+   */
+  async finalize(
+    repository: string,
+    id: string,
+    digest: Digest,
+    lastChunk?: ChunkInput,
+  ): Promise<{ digest: string; size: number }> {
+    return this.withLock(id, async () => {
+      const row = await this.find(repository, id);
+      let offset = row.offset;
+      if (lastChunk) {
+        const expected = expectedChunkLength(lastChunk, row.offset);
+        offset = await this.write(row, lastChunk.body, expected);
+      }
+
+      const actual = await this.digestOf({ ...row, offset }, digest.algorithm);
+      if (actual !== digest.value) {
+        await this.discard(row.id, row.storage_key);
+        throw new RegistryError(
+          'DIGEST_INVALID',
+          `upload content has digest ${actual}, not the ${digest.value} given; the upload was cancelled`,
+          { detail: { expected: digest.value, actual } },
+        );
+      }
+
+      await this.ctx.store.commitUpload(row.storage_key, digest, offset);
+      await this.ctx.db.transaction().execute(async (trx) => {
+        const blobId = await recordBlob(trx, digest.value, offset);
+        await linkBlob(trx, row.repository_id, blobId);
+        await trx.deleteFrom('uploads').where('id', '=', row.id).execute();
+      });
+      this.hashes.delete(id);
+
+      this.ctx.log.info(
+        { repository, upload: id, digest: digest.value, size: offset },
+        'blob upload completed',
+      );
+      return { digest: digest.value, size: offset };
+    });
+  }
+
+  /**
+   * Stores a whole blob sent in one request (POST with `digest`). Nothing is
+   * kept if the body fails or its digest does not match.
+   */
+  async monolithic(
+    repository: string,
+    digest: Digest,
+    body: AsyncIterable<Uint8Array>,
+    length?: number,
+  ): Promise<{ digest: string; size: number }> {
+    const session = await this.start(repository);
+    try {
+      return await this.finalize(repository, session.id, digest, { body, length });
+    } catch (error) {
+      // A digest mismatch has already removed the session; other failures,
+      // such as a client that hung up, leave it for this cleanup.
+      await this.cancel(repository, session.id).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Cancels a session and removes its data. */
+  async cancel(repository: string, id: string): Promise<void> {
+    await this.withLock(id, async () => {
+      const row = await this.find(repository, id);
+      await this.discard(row.id, row.storage_key);
+    });
+  }
+
+  /**
+   * Links a blob that `from` holds into `repository` (a cross-repository
+   * mount). Returns false, linking nothing, when `from` does not hold it.
+   */
+  async mount(repository: string, digest: string, from: string): Promise<boolean> {
+    return this.ctx.db.transaction().execute(async (trx) => {
+      const source = await trx
+        .selectFrom('blobs')
+        .innerJoin('repository_blobs', 'repository_blobs.blob_id', 'blobs.id')
+        .innerJoin('repositories', 'repositories.id', 'repository_blobs.repository_id')
+        .select('blobs.id')
+        .where('repositories.name', '=', from)
+        .where('blobs.digest', '=', digest)
+        .executeTakeFirst();
+      if (!source) return false;
+
+      const repositoryId = await ensureRepository(trx, repository);
+      await linkBlob(trx, repositoryId, source.id);
+      return true;
+    });
+  }
+
+  private async find(repository: string, id: string) {
+    if (!UPLOAD_ID.test(id)) throw uploadUnknown(repository, id);
+    const repositoryId = await findRepositoryId(this.ctx.db, repository);
+    if (repositoryId === undefined) throw uploadUnknown(repository, id);
+
+    const row = await this.ctx.db
+      .selectFrom('uploads')
+      .selectAll()
+      .where('id', '=', id)
+      .where('repository_id', '=', repositoryId)
+      .executeTakeFirst();
+    if (!row) throw uploadUnknown(repository, id);
+    return row;
+  }
+
+  /** Streams a body into the session at its offset; returns the new offset. */
+  private async write(
+    row: { id: string; storage_key: string; offset: number },
+    body: AsyncIterable<Uint8Array>,
+    expectedLength: number | undefined,
+  ): Promise<number> {
+    const base = await this.hashAt(row, 'sha256');
+    const hash = base.copy();
+
+    let received = 0;
+    async function* metered(): AsyncIterable<Uint8Array> {
+      for await (const chunk of body) {
+        received += chunk.length;
+        if (expectedLength !== undefined && received > expectedLength) {
+          throw new RegistryError(
+            'SIZE_INVALID',
+            `chunk is longer than the ${expectedLength} bytes its headers declare`,
+          );
+        }
+        hash.update(chunk);
+        yield chunk;
+      }
+    }
+
+    let written: number;
+    try {
+      written = await this.ctx.store.appendUpload(row.storage_key, row.offset, metered());
+    } catch (error) {
+      if (error instanceof UploadNotFoundError) throw uploadUnknown('', row.id);
+      throw error;
+    }
+    if (expectedLength !== undefined && written !== expectedLength) {
+      throw new RegistryError(
+        'SIZE_INVALID',
+        `chunk has ${written} bytes but its headers declare ${expectedLength}`,
+      );
+    }
+
+    const offset = row.offset + written;
+    const updated = await this.ctx.db
+      .updateTable('uploads')
+      .set({ offset, updated_at: Date.now() })
+      .where('id', '=', row.id)
+      .where('offset', '=', row.offset)
+      .executeTakeFirst();
+    if (updated.numUpdatedRows === 0n) {
+      // Another process appended to this session at the same time.
+      this.hashes.delete(row.id);
+      throw new RegistryError('BLOB_UPLOAD_INVALID', 'upload was modified concurrently', {
+        status: 416,
+      });
+    }
+
+    this.rememberHash(row.id, offset, hash);
+    return offset;
+  }
+
+  /** Returns the hash state of the session's first `offset` bytes. */
+  private async hashAt(
+    row: { id: string; storage_key: string; offset: number },
+    algorithm: Digest['algorithm'],
+  ): Promise<Hash> {
+    const cached = this.hashes.get(row.id);
+    if (algorithm === 'sha256' && cached && cached.offset === row.offset) return cached.hash;
+
+    const hash = createDigestHash(algorithm);
+    let stream;
+    try {
+      stream = await this.ctx.store.readUpload(row.storage_key, row.offset);
+    } catch (error) {
+      if (error instanceof UploadNotFoundError) throw uploadUnknown('', row.id);
+      throw error;
+    }
+    for await (const chunk of stream) hash.update(chunk as Buffer);
+    if (algorithm === 'sha256') this.rememberHash(row.id, row.offset, hash);
+    return hash;
+  }
+
+  private async digestOf(
+    row: { id: string; storage_key: string; offset: number },
+    algorithm: Digest['algorithm'],
+  ): Promise<string> {
+    const hash = await this.hashAt(row, algorithm);
+    return `${algorithm}:${hash.copy().digest('hex')}`;
+  }
+
+  private rememberHash(id: string, offset: number, hash: Hash): void {
+    this.hashes.delete(id);
+    this.hashes.set(id, { offset, hash });
+    if (this.hashes.size > MAX_CACHED_HASHES) {
+      const oldest = this.hashes.keys().next().value as string;
+      this.hashes.delete(oldest);
+    }
+  }
+
+  private async discard(id: string, storageKey: string): Promise<void> {
+    this.hashes.delete(id);
+    await this.ctx.db.deleteFrom('uploads').where('id', '=', id).execute();
+    await this.ctx.store.abortUpload(storageKey);
+  }
+
+  /** Runs one operation at a time per session within this process. */
+  private async withLock<T>(id: string, operation: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(id) ?? Promise.resolve();
+    const current = previous.catch(() => undefined).then(operation);
+    this.locks.set(id, current);
+    try {
+      return await current;
+    } finally {
+      if (this.locks.get(id) === current) this.locks.delete(id);
+    }
+  }
+}
+
+/**
+ * Works out how many bytes a chunk must have from its Content-Range and
+ * Content-Length, and rejects a range that does not start at the offset.
+ */
+function expectedChunkLength(chunk: ChunkInput, offset: number): number | undefined {
+  if (chunk.range) {
+    const { start, end } = chunk.range;
+    if (start !== offset) {
+      throw new RegistryError(
+        'BLOB_UPLOAD_INVALID',
+        `chunk starts at byte ${start} but the upload has ${offset} bytes; send the chunk starting at ${offset}`,
+        { status: 416, headers: { Range: rangeHeader(offset) } },
+      );
+    }
+    const rangeLength = end - start + 1;
+    if (chunk.length !== undefined && chunk.length !== rangeLength) {
+      throw new RegistryError(
+        'BLOB_UPLOAD_INVALID',
+        `Content-Length ${chunk.length} does not match Content-Range ${start}-${end}`,
+        { status: 416, headers: { Range: rangeHeader(offset) } },
+      );
+    }
+    return rangeLength;
+  }
+  return chunk.length;
+}
+
+/** Formats the Range header of an upload with `offset` bytes: `0-<last byte>`. */
+export function rangeHeader(offset: number): string {
+  return `0-${Math.max(offset - 1, 0)}`;
+}
+
+function uploadUnknown(repository: string, id: string): RegistryError {
+  return new RegistryError('BLOB_UPLOAD_UNKNOWN', `upload ${id.slice(0, 64)} is not known`, {
+    detail: repository ? { repository, upload: id.slice(0, 64) } : { upload: id.slice(0, 64) },
+  });
+}

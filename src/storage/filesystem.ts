@@ -1,0 +1,219 @@
+import { constants, type Dirent } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+
+import type { Digest } from '../registry/digest.js';
+import {
+  BlobNotFoundError,
+  UploadNotFoundError,
+  type BlobStore,
+  type ByteRange,
+  type CommitOutcome,
+  type StoredUpload,
+} from './types.js';
+
+const UPLOAD_KEY = /^[A-Za-z0-9-]{1,128}$/;
+
+/**
+ * Stores blobs as files at `blobs/<algorithm>/<first two hex>/<hex>` and
+ * uploads in progress at `uploads/<key>` under one root directory. A blob file
+ * appears only by an atomic rename of fully written, fsynced data, so readers
+ * never see a partial blob.
+ */
+export class FilesystemBlobStore implements BlobStore {
+  private readonly blobsDir: string;
+  private readonly uploadsDir: string;
+
+  constructor(root: string) {
+    this.blobsDir = path.join(root, 'blobs');
+    this.uploadsDir = path.join(root, 'uploads');
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.blobsDir, { recursive: true, mode: 0o700 });
+    await mkdir(this.uploadsDir, { recursive: true, mode: 0o700 });
+  }
+
+  blobPath(digest: Digest): string {
+    return path.join(this.blobsDir, digest.algorithm, digest.hex.slice(0, 2), digest.hex);
+  }
+
+  private uploadPath(key: string): string {
+    if (!UPLOAD_KEY.test(key)) throw new Error(`invalid upload key ${JSON.stringify(key)}`);
+    return path.join(this.uploadsDir, key);
+  }
+
+  async stat(digest: Digest): Promise<{ size: number } | undefined> {
+    try {
+      const info = await stat(this.blobPath(digest));
+      return { size: info.size };
+    } catch (error) {
+      if (isNotFound(error)) return undefined;
+      throw error;
+    }
+  }
+
+  async read(digest: Digest, range?: ByteRange): Promise<Readable> {
+    let handle;
+    try {
+      handle = await open(this.blobPath(digest), constants.O_RDONLY);
+    } catch (error) {
+      if (isNotFound(error)) throw new BlobNotFoundError(digest.value);
+      throw error;
+    }
+    return handle.createReadStream(
+      range ? { start: range.start, end: range.end, autoClose: true } : { autoClose: true },
+    );
+  }
+
+  async createUpload(key: string): Promise<void> {
+    const handle = await open(this.uploadPath(key), 'wx', 0o600);
+    await handle.close();
+  }
+
+  async appendUpload(
+    key: string,
+    offset: number,
+    source: AsyncIterable<Uint8Array>,
+  ): Promise<number> {
+    let handle;
+    try {
+      handle = await open(this.uploadPath(key), 'r+');
+    } catch (error) {
+      if (isNotFound(error)) throw new UploadNotFoundError(key);
+      throw error;
+    }
+
+    let position = offset;
+    try {
+      for await (const chunk of source) {
+        let written = 0;
+        while (written < chunk.length) {
+          const result = await handle.write(chunk, written, chunk.length - written, position);
+          written += result.bytesWritten;
+          position += result.bytesWritten;
+        }
+      }
+      // Drops whatever an earlier, failed append left beyond this one's end.
+      await handle.truncate(position);
+    } finally {
+      await handle.close();
+    }
+    return position - offset;
+  }
+
+  async readUpload(key: string, length: number): Promise<Readable> {
+    let handle;
+    try {
+      handle = await open(this.uploadPath(key), constants.O_RDONLY);
+    } catch (error) {
+      if (isNotFound(error)) throw new UploadNotFoundError(key);
+      throw error;
+    }
+    if (length === 0) {
+      await handle.close();
+      return Readable.from([]);
+    }
+    return handle.createReadStream({ start: 0, end: length - 1, autoClose: true });
+  }
+
+  async commitUpload(key: string, digest: Digest, length: number): Promise<CommitOutcome> {
+    const source = this.uploadPath(key);
+    const target = this.blobPath(digest);
+
+    if (await exists(target)) {
+      await rm(source, { force: true });
+      return 'existing';
+    }
+
+    let handle;
+    try {
+      handle = await open(source, 'r+');
+    } catch (error) {
+      if (isNotFound(error)) throw new UploadNotFoundError(key);
+      throw error;
+    }
+    try {
+      await handle.truncate(length);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+
+    const directory = path.dirname(target);
+    await mkdir(directory, { recursive: true, mode: 0o700 });
+    await rename(source, target);
+    await syncDirectory(directory);
+    return 'stored';
+  }
+
+  async abortUpload(key: string): Promise<void> {
+    await rm(this.uploadPath(key), { force: true });
+  }
+
+  async delete(digest: Digest): Promise<void> {
+    try {
+      await unlink(this.blobPath(digest));
+    } catch (error) {
+      if (!isNotFound(error)) throw error;
+    }
+  }
+
+  async *list(): AsyncIterable<string> {
+    for (const algorithm of await readdirOrEmpty(this.blobsDir)) {
+      if (!algorithm.isDirectory()) continue;
+      const algorithmDir = path.join(this.blobsDir, algorithm.name);
+      for (const prefix of await readdirOrEmpty(algorithmDir)) {
+        if (!prefix.isDirectory()) continue;
+        for (const file of await readdirOrEmpty(path.join(algorithmDir, prefix.name))) {
+          if (file.isFile()) yield `${algorithm.name}:${file.name}`;
+        }
+      }
+    }
+  }
+
+  async *listUploads(): AsyncIterable<StoredUpload> {
+    for (const entry of await readdirOrEmpty(this.uploadsDir)) {
+      if (!entry.isFile()) continue;
+      try {
+        const info = await stat(path.join(this.uploadsDir, entry.name));
+        yield { key: entry.name, modifiedAt: info.mtimeMs };
+      } catch (error) {
+        if (!isNotFound(error)) throw error;
+      }
+    }
+  }
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await stat(file);
+    return true;
+  } catch (error) {
+    if (isNotFound(error)) return false;
+    throw error;
+  }
+}
+
+async function syncDirectory(directory: string): Promise<void> {
+  const handle = await open(directory, constants.O_RDONLY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function readdirOrEmpty(directory: string): Promise<Dirent[]> {
+  try {
+    return await readdir(directory, { withFileTypes: true });
+  } catch (error) {
+    if (isNotFound(error)) return [];
+    throw error;
+  }
+}
+
+function isNotFound(error: unknown): boolean {
+  return (error as NodeJS.ErrnoException).code === 'ENOENT';
+}

@@ -1,0 +1,9 @@
+export { FilesystemBlobStore } from './filesystem.js';
+export {
+  BlobNotFoundError,
+  UploadNotFoundError,
+  type BlobStore,
+  type ByteRange,
+  type CommitOutcome,
+  type StoredUpload,
+} from './types.js';

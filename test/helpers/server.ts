@@ -1,0 +1,107 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+/** The compiled server entry point, next to this compiled helper. */
+export const MCR_ENTRY = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  '../../src/cli/mcr.js',
+);
+
+/** A real mcr process on a loopback port with its own data directory. */
+export interface TestServer {
+  /** Base URL, for example http://127.0.0.1:41234 */
+  url: string;
+  /** host:port, as container clients want it. */
+  host: string;
+  port: number;
+  dataDir: string;
+  process: ChildProcess;
+  /** Every JSON log line the server printed so far. */
+  logs: Array<Record<string, unknown>>;
+  /** Stops the server with SIGTERM and waits for it to exit. */
+  stop(): Promise<void>;
+  /** Kills the server with SIGKILL and waits for it to exit. */
+  kill(): Promise<void>;
+  /** Stops the server and removes its data directory. */
+  cleanup(): Promise<void>;
+}
+
+export interface StartOptions {
+  /** Reuse this data directory (for restart tests); a fresh one otherwise. */
+  dataDir?: string;
+  env?: Record<string, string>;
+  port?: number;
+}
+
+/** Starts mcr and resolves once it logs that it is listening. */
+export async function startServer(options: StartOptions = {}): Promise<TestServer> {
+  const dataDir = options.dataDir ?? mkdtempSync(path.join(tmpdir(), 'mcr-test-'));
+  const child = spawn(process.execPath, [MCR_ENTRY, 'serve'], {
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? tmpdir(),
+      MCR_DATA_DIR: dataDir,
+      MCR_SERVER_LISTEN_ADDR: `127.0.0.1:${options.port ?? 0}`,
+      MCR_LOG_LEVEL: 'info',
+      ...options.env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+
+  const logs: Array<Record<string, unknown>> = [];
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`mcr did not start within 20 s; stderr: ${stderr}`)),
+      20_000,
+    );
+    const lines = createInterface({ input: child.stdout! });
+    lines.on('line', (line) => {
+      let entry: Record<string, unknown>;
+      try {
+        entry = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      logs.push(entry);
+      if (entry.msg === 'mcr listening') {
+        clearTimeout(timer);
+        resolve((entry.address as { port: number }).port);
+      }
+    });
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`mcr exited (code ${code}, signal ${signal}) before listening: ${stderr}`));
+    });
+  });
+
+  const stopWith = async (signal: NodeJS.Signals) => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    await exited;
+  };
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    host: `127.0.0.1:${port}`,
+    port,
+    dataDir,
+    process: child,
+    logs,
+    stop: () => stopWith('SIGTERM'),
+    kill: () => stopWith('SIGKILL'),
+    async cleanup() {
+      await stopWith('SIGTERM');
+      if (!options.dataDir) rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
