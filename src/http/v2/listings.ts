@@ -51,7 +51,11 @@ export async function listReferrers(
   const index = await call.deps.registry.listings.referrers(name, digest.value, artifactType);
 
   if (artifactType !== undefined) call.reply.header('OCI-Filters-Applied', 'artifactType');
-  call.reply.code(200).type('application/vnd.oci.image.index.v1+json').send(JSON.stringify(index));
+  // A Buffer, so that the framework adds no charset parameter to the media type.
+  call.reply
+    .code(200)
+    .header('Content-Type', 'application/vnd.oci.image.index.v1+json')
+    .send(Buffer.from(JSON.stringify(index)));
 }
 
 function nextLink(path: string, limit: number, last: string): string {

@@ -1,0 +1,98 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { describe, it } from 'node:test';
+
+import { parseDigest } from '../src/registry/digest.js';
+import { BlobNotFoundError, FilesystemBlobStore } from '../src/storage/index.js';
+import { sha256 } from './helpers/oci.js';
+
+async function newStore(): Promise<{ store: FilesystemBlobStore; root: string }> {
+  const root = mkdtempSync(path.join(tmpdir(), 'mcr-store-'));
+  const store = new FilesystemBlobStore(root);
+  await store.init();
+  return { store, root };
+}
+
+async function collect(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+describe('filesystem blob store', () => {
+  it('appends, commits by rename into the content-addressed path, and reads ranges', async () => {
+    const { store, root } = await newStore();
+    const data = randomBytes(200_000);
+    const digest = parseDigest(sha256(data));
+
+    await store.createUpload('u1');
+    assert.equal(
+      await store.appendUpload('u1', 0, Readable.from([data.subarray(0, 50_000)])),
+      50_000,
+    );
+    assert.equal(
+      await store.appendUpload('u1', 50_000, Readable.from([data.subarray(50_000)])),
+      150_000,
+    );
+    assert.equal(await store.commitUpload('u1', digest, data.length), 'stored');
+
+    const file = path.join(root, 'blobs', 'sha256', digest.hex.slice(0, 2), digest.hex);
+    assert.deepEqual(readFileSync(file), data);
+    assert.deepEqual(readdirSync(path.join(root, 'uploads')), []);
+    assert.deepEqual(await store.stat(digest), { size: data.length });
+    assert.deepEqual(
+      await collect(await store.read(digest, { start: 10, end: 19 })),
+      data.subarray(10, 20),
+    );
+  });
+
+  it('overwrites bytes a failed append left past the offset', async () => {
+    const { store } = await newStore();
+    await store.createUpload('u2');
+    await store.appendUpload('u2', 0, Readable.from([Buffer.from('hello')]));
+    // A torn append: more bytes landed than the committed offset (5) covers.
+    await store.appendUpload('u2', 5, Readable.from([Buffer.from('XXXXXXXX')]));
+    await store.appendUpload('u2', 5, Readable.from([Buffer.from(' world')]));
+    assert.equal((await collect(await store.readUpload('u2', 11))).toString(), 'hello world');
+  });
+
+  it('discards the upload when the blob already exists', async () => {
+    const { store, root } = await newStore();
+    const digest = parseDigest(sha256('same'));
+    for (const key of ['a', 'b']) {
+      await store.createUpload(key);
+      await store.appendUpload(key, 0, Readable.from([Buffer.from('same')]));
+    }
+    assert.equal(await store.commitUpload('a', digest, 4), 'stored');
+    assert.equal(await store.commitUpload('b', digest, 4), 'existing');
+    assert.deepEqual(readdirSync(path.join(root, 'uploads')), []);
+  });
+
+  it('lists blobs and reports missing ones', async () => {
+    const { store } = await newStore();
+    const digest = parseDigest(sha256('listed'));
+    await store.createUpload('c');
+    await store.appendUpload('c', 0, Readable.from([Buffer.from('listed')]));
+    await store.commitUpload('c', digest, 6);
+    const listed: string[] = [];
+    for await (const item of store.list()) listed.push(item);
+    assert.deepEqual(listed, [digest.value]);
+
+    await store.delete(digest);
+    assert.equal(await store.stat(digest), undefined);
+    await assert.rejects(store.read(digest), BlobNotFoundError);
+    await store.delete(digest);
+  });
+
+  it('rejects upload keys that could escape the uploads directory', async () => {
+    const { store, root } = await newStore();
+    for (const key of ['../mcr.db', 'a/b', '', '..']) {
+      await assert.rejects(store.createUpload(key), /invalid upload key/);
+    }
+    assert.equal(existsSync(path.join(root, 'mcr.db')), false);
+  });
+});
