@@ -339,7 +339,7 @@ describe('manifest push validation', () => {
           OCI_INDEX,
         ),
       400,
-      'MANIFEST_UNKNOWN',
+      'MANIFEST_BLOB_UNKNOWN',
     ],
     [
       'digest reference that does not match the body',

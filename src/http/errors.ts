@@ -25,6 +25,15 @@ export function sendError(
     return reply;
   }
 
+  if (clientWentAway(request, error)) {
+    request.log.info(
+      { method: request.method, path: request.url.split('?')[0], error: (error as Error).message },
+      'client closed the connection before the request finished',
+    );
+    reply.raw.destroy();
+    return reply;
+  }
+
   if (error instanceof RegistryError) {
     reply.code(error.status).headers(error.headers).type('application/json');
     if (error.status >= 500) request.log.error({ err: error }, 'request failed');
@@ -49,4 +58,15 @@ export function sendError(
 function httpStatusOf(error: unknown): number | undefined {
   const status = (error as { statusCode?: unknown }).statusCode;
   return typeof status === 'number' ? status : undefined;
+}
+
+function clientWentAway(request: FastifyRequest, error: unknown): boolean {
+  if (error instanceof RegistryError) return false;
+  const code = (error as NodeJS.ErrnoException).code;
+  return (
+    request.raw.destroyed ||
+    code === 'ECONNRESET' ||
+    code === 'ERR_STREAM_PREMATURE_CLOSE' ||
+    (error as Error).message === 'aborted'
+  );
 }

@@ -18,7 +18,6 @@ export const ERROR_STATUS = {
   DENIED: 403,
   UNSUPPORTED: 405,
   TOOMANYREQUESTS: 429,
-  PAGINATION_NUMBER_INVALID: 400,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
@@ -38,7 +37,6 @@ const DEFAULT_MESSAGES: Record<ErrorCode, string> = {
   DENIED: 'requested access to the resource is denied',
   UNSUPPORTED: 'the operation is unsupported',
   TOOMANYREQUESTS: 'too many requests',
-  PAGINATION_NUMBER_INVALID: 'invalid number of results requested',
 };
 
 /** A failure the client caused or must know about, in the specification's terms. */

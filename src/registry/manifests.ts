@@ -201,10 +201,12 @@ export class Manifests {
       }
       const missing = digests.filter((digest) => !found.has(digest));
       if (missing.length > 0) {
+        // The specification reports a missing child manifest with the same
+        // code as a missing blob.
         throw new RegistryError(
-          'MANIFEST_UNKNOWN',
+          'MANIFEST_BLOB_UNKNOWN',
           `index references manifest ${missing[0]}, which is not in repository ${repository}; push it first`,
-          { status: 400, detail: { repository, missing } },
+          { detail: { repository, missing } },
         );
       }
       for (const digest of digests) rows.push({ digest, kind: 'manifest', blob_id: null });

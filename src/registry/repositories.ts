@@ -1,4 +1,4 @@
-import type { Kysely, Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 
 import type { Database } from '../metadata/schema.js';
 
@@ -28,4 +28,35 @@ export async function ensureRepository(db: Executor, name: string): Promise<numb
     .returning('id')
     .executeTakeFirstOrThrow();
   return row.id;
+}
+
+/**
+ * Deletes a repository that holds no manifest, blob or upload session. The
+ * conditions and the delete are one statement, so a concurrent push that
+ * already added content keeps the repository.
+ */
+export async function deleteRepositoryIfEmpty(db: Executor, repositoryId: number): Promise<void> {
+  await db
+    .deleteFrom('repositories')
+    .where('id', '=', repositoryId)
+    .where(({ not, exists, selectFrom }) =>
+      not(
+        exists(
+          selectFrom('manifests')
+            .select(sql`1`.as('one'))
+            .where('repository_id', '=', repositoryId)
+            .unionAll(
+              selectFrom('repository_blobs')
+                .select(sql`1`.as('one'))
+                .where('repository_id', '=', repositoryId),
+            )
+            .unionAll(
+              selectFrom('uploads')
+                .select(sql`1`.as('one'))
+                .where('repository_id', '=', repositoryId),
+            ),
+        ),
+      ),
+    )
+    .execute();
 }

@@ -5,7 +5,7 @@ import { linkBlob, recordBlob } from './blobs.js';
 import type { CoreContext } from './core.js';
 import { createDigestHash, type Digest } from './digest.js';
 import { RegistryError } from './errors.js';
-import { ensureRepository, findRepositoryId } from './repositories.js';
+import { deleteRepositoryIfEmpty, ensureRepository, findRepositoryId } from './repositories.js';
 
 /** An upload session's state, as the Range and Location headers report it. */
 export interface UploadSession {
@@ -118,12 +118,8 @@ export class Uploads {
 
       const actual = await this.digestOf({ ...row, offset }, digest.algorithm);
       if (actual !== digest.value) {
-        await this.discard(row.id, row.storage_key);
-        throw new RegistryError(
-          'DIGEST_INVALID',
-          `upload content has digest ${actual}, not the ${digest.value} given; the upload was cancelled`,
-          { detail: { expected: digest.value, actual } },
-        );
+        await this.discard(row);
+        verifyDigest(actual, digest, 'the upload was cancelled');
       }
 
       await this.ctx.store.commitUpload(row.storage_key, digest, offset);
@@ -143,8 +139,9 @@ export class Uploads {
   }
 
   /**
-   * Stores a whole blob sent in one request (POST with `digest`). Nothing is
-   * kept if the body fails or its digest does not match.
+   * Stores a whole blob sent in one request (POST with `digest`). The body
+   * streams into storage under a temporary key; nothing reaches the database,
+   * not even the repository, unless the digest matches.
    */
   async monolithic(
     repository: string,
@@ -152,28 +149,41 @@ export class Uploads {
     body: AsyncIterable<Uint8Array>,
     length?: number,
   ): Promise<{ digest: string; size: number }> {
-    const session = await this.start(repository);
+    const key = randomUUID();
+    await this.ctx.store.createUpload(key);
+
+    let size: number;
     try {
-      return await this.finalize(repository, session.id, digest, { body, length });
+      const hash = createDigestHash(digest.algorithm);
+      size = await this.ctx.store.appendUpload(key, 0, metered(body, hash, length));
+      checkLength(size, length);
+      verifyDigest(`${digest.algorithm}:${hash.digest('hex')}`, digest, 'the upload was discarded');
+      await this.ctx.store.commitUpload(key, digest, size);
     } catch (error) {
-      // A digest mismatch has already removed the session; other failures,
-      // such as a client that hung up, leave it for this cleanup.
-      await this.cancel(repository, session.id).catch(() => undefined);
+      await this.ctx.store.abortUpload(key);
       throw error;
     }
+
+    await this.ctx.db.transaction().execute(async (trx) => {
+      const repositoryId = await ensureRepository(trx, repository);
+      const blobId = await recordBlob(trx, digest.value, size);
+      await linkBlob(trx, repositoryId, blobId);
+    });
+    this.ctx.log.info({ repository, digest: digest.value, size }, 'blob upload completed');
+    return { digest: digest.value, size };
   }
 
   /** Cancels a session and removes its data. */
   async cancel(repository: string, id: string): Promise<void> {
     await this.withLock(id, async () => {
       const row = await this.find(repository, id);
-      await this.discard(row.id, row.storage_key);
+      await this.discard(row);
     });
   }
 
   /**
-   * Links a blob that `from` holds into `repository` (a cross-repository
-   * mount). Returns false, linking nothing, when `from` does not hold it.
+   * Links a blob that `from` contains into `repository` (a cross-repository
+   * mount). Returns false, linking nothing, when `from` lacks the blob.
    */
   async mount(repository: string, digest: string, from: string): Promise<boolean> {
     return this.ctx.db.transaction().execute(async (trx) => {
@@ -217,34 +227,18 @@ export class Uploads {
     const base = await this.hashAt(row, 'sha256');
     const hash = base.copy();
 
-    let received = 0;
-    async function* metered(): AsyncIterable<Uint8Array> {
-      for await (const chunk of body) {
-        received += chunk.length;
-        if (expectedLength !== undefined && received > expectedLength) {
-          throw new RegistryError(
-            'SIZE_INVALID',
-            `chunk is longer than the ${expectedLength} bytes its headers declare`,
-          );
-        }
-        hash.update(chunk);
-        yield chunk;
-      }
-    }
-
     let written: number;
     try {
-      written = await this.ctx.store.appendUpload(row.storage_key, row.offset, metered());
+      written = await this.ctx.store.appendUpload(
+        row.storage_key,
+        row.offset,
+        metered(body, hash, expectedLength),
+      );
     } catch (error) {
       if (error instanceof UploadNotFoundError) throw uploadUnknown('', row.id);
       throw error;
     }
-    if (expectedLength !== undefined && written !== expectedLength) {
-      throw new RegistryError(
-        'SIZE_INVALID',
-        `chunk has ${written} bytes but its headers declare ${expectedLength}`,
-      );
-    }
+    checkLength(written, expectedLength);
 
     const offset = row.offset + written;
     const updated = await this.ctx.db
@@ -303,10 +297,18 @@ export class Uploads {
     }
   }
 
-  private async discard(id: string, storageKey: string): Promise<void> {
-    this.hashes.delete(id);
-    await this.ctx.db.deleteFrom('uploads').where('id', '=', id).execute();
-    await this.ctx.store.abortUpload(storageKey);
+  /**
+   * Removes a session and its data. A repository that the session created
+   * and that holds nothing else goes with it, so a cancelled upload leaves no
+   * trace in the tag list.
+   */
+  private async discard(row: { id: string; storage_key: string; repository_id: number }) {
+    this.hashes.delete(row.id);
+    await this.ctx.db.transaction().execute(async (trx) => {
+      await trx.deleteFrom('uploads').where('id', '=', row.id).execute();
+      await deleteRepositoryIfEmpty(trx, row.repository_id);
+    });
+    await this.ctx.store.abortUpload(row.storage_key);
   }
 
   /** Runs one operation at a time per session within this process. */
@@ -347,6 +349,44 @@ function expectedChunkLength(chunk: ChunkInput, offset: number): number | undefi
     return rangeLength;
   }
   return chunk.length;
+}
+
+/** Passes a request body through, hashing it and enforcing its declared length. */
+async function* metered(
+  body: AsyncIterable<Uint8Array>,
+  hash: Hash,
+  expectedLength: number | undefined,
+): AsyncIterable<Uint8Array> {
+  let received = 0;
+  for await (const chunk of body) {
+    received += chunk.length;
+    if (expectedLength !== undefined && received > expectedLength) {
+      throw new RegistryError(
+        'SIZE_INVALID',
+        `chunk is longer than the ${expectedLength} bytes its headers declare`,
+      );
+    }
+    hash.update(chunk);
+    yield chunk;
+  }
+}
+
+function checkLength(written: number, expectedLength: number | undefined): void {
+  if (expectedLength !== undefined && written !== expectedLength) {
+    throw new RegistryError(
+      'SIZE_INVALID',
+      `body has ${written} bytes but its headers declare ${expectedLength}`,
+    );
+  }
+}
+
+function verifyDigest(actual: string, expected: Digest, consequence: string): void {
+  if (actual === expected.value) return;
+  throw new RegistryError(
+    'DIGEST_INVALID',
+    `upload content has digest ${actual}, not the ${expected.value} given; ${consequence}`,
+    { detail: { expected: expected.value, actual } },
+  );
 }
 
 /** Formats the Range header of an upload with `offset` bytes: `0-<last byte>`. */

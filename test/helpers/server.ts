@@ -61,10 +61,10 @@ export async function startServer(options: StartOptions = {}): Promise<TestServe
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
 
   const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`mcr did not start within 20 s; stderr: ${stderr}`)),
-      20_000,
-    );
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`mcr did not log "mcr listening" within 20 s; stderr: ${stderr}`));
+    }, 20_000);
     const lines = createInterface({ input: child.stdout! });
     lines.on('line', (line) => {
       let entry: Record<string, unknown>;

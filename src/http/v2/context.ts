@@ -75,10 +75,11 @@ export function pageSize(call: V2Call): number | undefined {
   if (value === null || value === '') return undefined;
   const n = Number(value);
   if (!/^\d+$/.test(value) || !Number.isSafeInteger(n)) {
+    // UNSUPPORTED is the specification's code for an invalid set of parameters.
     throw new RegistryError(
-      'PAGINATION_NUMBER_INVALID',
+      'UNSUPPORTED',
       `invalid n "${value.slice(0, 32)}": use a non-negative integer`,
-      { detail: { n: value.slice(0, 32) } },
+      { status: 400, detail: { n: value.slice(0, 32) } },
     );
   }
   return n;

@@ -17,16 +17,19 @@ const METHODS = ['GET', 'HEAD', 'PUT', 'PATCH', 'POST', 'DELETE'] as const;
 /** Registers the OCI distribution API under /v2/. */
 export function registerV2(app: FastifyInstance, deps: V2Deps): void {
   const handler = async (request: FastifyRequest, reply: FastifyReply) => {
-    const url = new URL(request.url, 'http://registry.invalid');
+    // The raw path, deliberately not normalised: URL parsing would resolve
+    // "a/../b" and "%2e%2e" into another repository's name before validation.
+    const queryStart = request.url.indexOf('?');
+    const pathname = queryStart === -1 ? request.url : request.url.slice(0, queryStart);
     const call: V2Call = {
       deps,
       request,
       reply,
       caller: { address: request.ip },
-      query: url.searchParams,
+      query: new URLSearchParams(queryStart === -1 ? '' : request.url.slice(queryStart + 1)),
     };
     try {
-      await dispatch(call, parseV2Path(url.pathname));
+      await dispatch(call, parseV2Path(pathname));
     } catch (error) {
       sendError(request, reply, error);
     }

@@ -1,11 +1,11 @@
 import { RegistryError } from '../../registry/errors.js';
-import { MAX_MANIFEST_SIZE, parseReference } from '../../registry/index.js';
+import { MAX_MANIFEST_SIZE, parseReference, type Reference } from '../../registry/index.js';
 import { authorize, location, namePath, type V2Call } from './context.js';
 
 /** GET and HEAD /v2/NAME/manifests/REF. */
 export async function getManifest(call: V2Call, name: string, ref: string): Promise<void> {
   await authorize(call, name, 'pull');
-  const reference = parseReference(ref);
+  const reference = lookupReference(name, ref);
   const manifest = await call.deps.registry.manifests.get(name, reference);
 
   if (!acceptable(manifest.mediaType, call.request.headers.accept)) {
@@ -58,9 +58,31 @@ export async function putManifest(call: V2Call, name: string, ref: string): Prom
 /** DELETE /v2/NAME/manifests/REF. */
 export async function deleteManifest(call: V2Call, name: string, ref: string): Promise<void> {
   await authorize(call, name, 'delete');
-  const reference = parseReference(ref);
+  const reference = lookupReference(name, ref);
   await call.deps.registry.manifests.delete(name, reference);
   call.reply.code(202).header('Content-Length', 0).send();
+}
+
+/**
+ * Parses the reference of a pull or delete. A malformed tag names nothing, so
+ * it gets the 404 the specification lists for these requests; a malformed
+ * digest stays DIGEST_INVALID.
+ */
+function lookupReference(name: string, ref: string): Reference {
+  try {
+    return parseReference(ref);
+  } catch (error) {
+    if (error instanceof RegistryError && error.code === 'MANIFEST_INVALID') {
+      throw new RegistryError(
+        'MANIFEST_UNKNOWN',
+        `manifest ${ref.slice(0, 200)} is not in repository ${name}`,
+        {
+          detail: { repository: name, reference: ref.slice(0, 200) },
+        },
+      );
+    }
+    throw error;
+  }
 }
 
 /**
@@ -68,18 +90,26 @@ export async function deleteManifest(call: V2Call, name: string, ref: string): P
  * with 413 as soon as it passes the limit.
  */
 async function readBounded(call: V2Call, limit: number): Promise<Buffer> {
+  // A body up to DRAIN_FACTOR times the limit is read to its end even when it
+  // is too large: closing a connection with unread request bytes makes the
+  // kernel send a reset, which can destroy the 413 before the client reads it.
+  const drainLimit = limit * DRAIN_FACTOR;
   const declared = Number(call.request.headers['content-length'] ?? 0);
-  if (declared > limit) throw tooLarge(declared, limit);
+  if (declared > drainLimit) throw tooLarge(declared, limit);
 
   const chunks: Buffer[] = [];
   let total = 0;
   for await (const chunk of call.request.raw) {
     total += (chunk as Buffer).length;
-    if (total > limit) throw tooLarge(total, limit);
-    chunks.push(chunk as Buffer);
+    if (total > drainLimit) throw tooLarge(total, limit);
+    if (total <= limit) chunks.push(chunk as Buffer);
   }
+  if (total > limit) throw tooLarge(total, limit);
   return Buffer.concat(chunks, total);
 }
+
+/** How far past the size limit a rejected manifest body is still read. */
+const DRAIN_FACTOR = 4;
 
 function tooLarge(size: number, limit: number): RegistryError {
   return new RegistryError(

@@ -131,9 +131,10 @@ function sendSession(call: V2Call, status: 202 | 204, session: UploadSession): v
       location(call, `/v2/${namePath(session.repository)}/blobs/uploads/${session.id}`),
     )
     .header('Range', rangeHeader(session.offset))
-    .header('Docker-Upload-UUID', session.id)
-    .header('Content-Length', 0)
-    .send();
+    .header('Docker-Upload-UUID', session.id);
+  // RFC 9110 forbids Content-Length on a 204.
+  if (status === 202) call.reply.header('Content-Length', 0);
+  call.reply.send();
 }
 
 function sendBlobCreated(call: V2Call, name: string, digest: string): void {
