@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs against: the container
 # clients (skopeo, podman, buildah), umoci for building images without a
-# network, the reference registry (docker-registry) and jq. Safe to run again:
-# packages already present are skipped. Needs root (apt-get).
+# network, the reference registry (docker-registry), jq, and the OpenLDAP
+# server and command-line tools (slapd, ldap-utils) and openssl for the LDAP
+# tests. Safe
+# to run again: packages already present are skipped. Needs root (apt-get).
 set -euo pipefail
 
-packages=(skopeo podman buildah umoci docker-registry jq)
+packages=(skopeo podman buildah umoci docker-registry jq slapd ldap-utils openssl)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -26,5 +28,8 @@ fi
 
 echo "installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# The tests start their own slapd; keep the package from configuring and
+# starting a system directory server on port 389.
+echo 'slapd slapd/no_configuration boolean true' | debconf-set-selections
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"

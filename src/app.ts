@@ -1,27 +1,53 @@
 import { readFileSync } from 'node:fs';
+import path from 'node:path';
 
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 
-import { AllowAll } from './auth/access.js';
+import { AccessTokens } from './auth/access-tokens.js';
+import { PolicyAccessControl } from './auth/access.js';
+import { Accounts } from './auth/accounts.js';
+import { Authenticator } from './auth/authenticator.js';
+import type { IdentityProvider } from './auth/identity.js';
+import { TokenIssuer } from './auth/jwt.js';
+import { LdapIdentityProvider } from './auth/ldap.js';
+import { PolicyStore } from './auth/policy.js';
+import { LoginThrottle } from './auth/throttle.js';
 import type { Config } from './config/index.js';
 import { buildServer } from './http/server.js';
 import { openMetadataDb, type MetadataDb } from './metadata/db.js';
 import { Registry } from './registry/index.js';
 import { FilesystemBlobStore } from './storage/index.js';
 
+/** How long a shutdown waits for requests in flight before closing their connections. */
+const SHUTDOWN_GRACE_MS = 10_000;
+
+/** The authentication and authorization services of a running registry. */
+export interface AuthServices {
+  accounts: Accounts;
+  tokens: AccessTokens;
+  policies: PolicyStore;
+  authenticator: Authenticator;
+  issuer: TokenIssuer;
+}
+
 /** A running registry: its HTTP server and what it stands on. */
 export interface RunningRegistry {
   app: FastifyInstance;
   metadata: MetadataDb;
   registry: Registry;
+  auth: AuthServices;
   /** The address the server listens on, with the port the OS chose for port 0. */
   address: { host: string; port: number };
   close(): Promise<void>;
 }
 
 /** Opens storage and the database, then starts serving on the configured address. */
-export async function startRegistry(config: Config, log: Logger): Promise<RunningRegistry> {
+export async function startRegistry(
+  config: Config,
+  log: Logger,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<RunningRegistry> {
   if (config.storage.driver !== 'filesystem') {
     throw new Error(
       `storage.driver "${config.storage.driver}" is not available in this build; use "filesystem"`,
@@ -36,13 +62,27 @@ export async function startRegistry(config: Config, log: Logger): Promise<Runnin
     url: config.database.url,
   });
 
+  const auth = createAuthServices(config, metadata, log);
+  await auth.accounts.ensureAdmin(env.MCR_ADMIN_PASSWORD, config.dataDir);
+
   const registry = new Registry({ db: metadata.db, dialect: metadata.dialect, store, log });
   const https = config.server.tls_cert
     ? { cert: readFileSync(config.server.tls_cert), key: readFileSync(config.server.tls_key) }
     : undefined;
   const app = buildServer({
     registry,
-    access: new AllowAll(),
+    access: new PolicyAccessControl(auth.policies),
+    auth: {
+      authenticator: auth.authenticator,
+      issuer: auth.issuer,
+      accounts: auth.accounts,
+      service: serviceName(config),
+      externalUrl: config.server.external_url,
+      tls: Boolean(https),
+    },
+    services: auth,
+    tokenTtlMs: config.tokenTtlMs,
+    refreshTokenTtlMs: config.refreshTokenTtlMs,
     log,
     externalUrl: config.server.external_url,
     https,
@@ -68,6 +108,7 @@ export async function startRegistry(config: Config, log: Logger): Promise<Runnin
       dataDir: config.dataDir,
       database: config.database.driver,
       storage: config.storage.driver,
+      authProvider: config.auth.provider,
     },
     'mcr listening',
   );
@@ -76,10 +117,63 @@ export async function startRegistry(config: Config, log: Logger): Promise<Runnin
     app,
     metadata,
     registry,
+    auth,
     address,
     async close() {
-      await app.close();
+      // Node closes the connections that are idle when close() starts; one
+      // still sending a response would otherwise linger until its keep-alive
+      // timeout. Close each as it goes idle, and all of them after a grace
+      // period.
+      const closing = app.close();
+      const idle = setInterval(() => app.server.closeIdleConnections(), 100);
+      const force = setTimeout(() => {
+        log.warn('closing connections still busy 10 s after shutdown began');
+        app.server.closeAllConnections();
+      }, SHUTDOWN_GRACE_MS);
+      try {
+        await closing;
+      } finally {
+        clearInterval(idle);
+        clearTimeout(force);
+      }
       await metadata.close();
     },
   };
+}
+
+function createAuthServices(config: Config, metadata: MetadataDb, log: Logger): AuthServices {
+  const accounts = new Accounts(metadata.db, log);
+  const tokens = new AccessTokens(metadata.db, accounts, log);
+  const policies = new PolicyStore(metadata.db);
+  const throttle = new LoginThrottle(
+    metadata.db,
+    config.auth.max_failures,
+    config.auth.max_failures_per_address,
+    config.failureWindowMs,
+  );
+  let provider: IdentityProvider | undefined;
+  if (config.auth.provider === 'ldap') {
+    provider = new LdapIdentityProvider({
+      url: config.ldap.url,
+      userDn: config.ldap.user_dn,
+      groupBaseDn: config.ldap.group_base_dn,
+      groupFilter: config.ldap.group_filter,
+      adminGroups: config.ldap.admin_groups,
+      userGroups: config.ldap.user_groups,
+      guestGroups: config.ldap.guest_groups,
+      startTls: config.ldap.start_tls,
+      timeoutMs: config.ldapTimeoutMs,
+      log,
+    });
+  }
+  const authenticator = new Authenticator(accounts, tokens, provider, throttle, log);
+  const issuer = new TokenIssuer(path.join(config.dataDir, 'keys'), serviceName(config));
+  return { accounts, tokens, policies, authenticator, issuer };
+}
+
+/** The token service name: configured, or the external URL's host, or "mcr". */
+function serviceName(config: Config): string {
+  if (config.auth.service) return config.auth.service;
+  if (config.server.external_url) return new URL(config.server.external_url).host;
+  return 'mcr';
 }

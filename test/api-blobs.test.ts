@@ -21,7 +21,7 @@ async function errorCode(response: Response): Promise<string | undefined> {
 }
 
 async function startUpload(name: string): Promise<string> {
-  const response = await fetch(`${server.url}/v2/${name}/blobs/uploads/`, { method: 'POST' });
+  const response = await server.fetch(`/v2/${name}/blobs/uploads/`, { method: 'POST' });
   assert.equal(response.status, 202);
   const location = response.headers.get('location');
   assert.ok(location);
@@ -34,16 +34,36 @@ function uploadFiles(): string[] {
 
 describe('GET /v2/', () => {
   it('answers 200 with the API version header', async () => {
-    const response = await fetch(`${server.url}/v2/`);
+    const response = await server.fetch('/v2/');
     assert.equal(response.status, 200);
     assert.equal(response.headers.get('docker-distribution-api-version'), 'registry/2.0');
     assert.deepEqual(await response.json(), {});
   });
 
   it('puts the API version header on errors too', async () => {
-    const response = await fetch(`${server.url}/v2/nothing/here/blobs/${sha256('x')}`);
+    const response = await server.fetch(`/v2/nothing/here/blobs/${sha256('x')}`);
     assert.equal(response.status, 404);
     assert.equal(response.headers.get('docker-distribution-api-version'), 'registry/2.0');
+  });
+});
+
+describe('requests without credentials', () => {
+  it('rejects GET /v2/ with a Bearer challenge', async () => {
+    const response = await fetch(`${server.url}/v2/`);
+    assert.equal(response.status, 401);
+    assert.match(response.headers.get('www-authenticate') ?? '', /^Bearer realm="/);
+    assert.equal(await errorCode(response), 'UNAUTHORIZED');
+  });
+
+  it('rejects a blob GET for an existing blob', async () => {
+    const data = 'blob that only authenticated callers may read';
+    const digest = await pushBlob(server, 'private/blob', data);
+    const response = await fetch(`${server.url}/v2/private/blob/blobs/${digest}`);
+    assert.equal(response.status, 401);
+    assert.match(response.headers.get('www-authenticate') ?? '', /^Bearer realm="/);
+    const body = await response.text();
+    assert.ok(!body.includes(data), `the 401 body contains the blob: ${body}`);
+    assert.equal((await server.fetch(`/v2/private/blob/blobs/${digest}`)).status, 200);
   });
 });
 
@@ -51,7 +71,7 @@ describe('monolithic upload', () => {
   it('stores a blob with POST ?digest= and serves it', async () => {
     const data = randomBytes(100_000);
     const digest = sha256(data);
-    const response = await fetch(`${server.url}/v2/mono/blobs/uploads/?digest=${digest}`, {
+    const response = await server.fetch(`/v2/mono/blobs/uploads/?digest=${digest}`, {
       method: 'POST',
       body: data,
     });
@@ -59,7 +79,7 @@ describe('monolithic upload', () => {
     assert.equal(response.headers.get('location'), `/v2/mono/blobs/${digest}`);
     assert.equal(response.headers.get('docker-content-digest'), digest);
 
-    const get = await fetch(`${server.url}/v2/mono/blobs/${digest}`);
+    const get = await server.fetch(`/v2/mono/blobs/${digest}`);
     assert.equal(get.status, 200);
     assert.equal(get.headers.get('content-length'), String(data.length));
     assert.equal(get.headers.get('docker-content-digest'), digest);
@@ -73,14 +93,14 @@ describe('monolithic upload', () => {
 
   it('stores the zero-byte blob', async () => {
     const digest = sha256('');
-    const response = await fetch(`${server.url}/v2/zero/blobs/uploads/?digest=${digest}`, {
+    const response = await server.fetch(`/v2/zero/blobs/uploads/?digest=${digest}`, {
       method: 'POST',
     });
     assert.equal(response.status, 201);
-    const head = await fetch(`${server.url}/v2/zero/blobs/${digest}`, { method: 'HEAD' });
+    const head = await server.fetch(`/v2/zero/blobs/${digest}`, { method: 'HEAD' });
     assert.equal(head.status, 200);
     assert.equal(head.headers.get('content-length'), '0');
-    const get = await fetch(`${server.url}/v2/zero/blobs/${digest}`);
+    const get = await server.fetch(`/v2/zero/blobs/${digest}`);
     assert.equal(get.status, 200);
     assert.equal((await get.arrayBuffer()).byteLength, 0);
   });
@@ -88,34 +108,34 @@ describe('monolithic upload', () => {
   it('stores a blob under a sha512 digest', async () => {
     const data = randomBytes(5000);
     const digest = sha512(data);
-    const response = await fetch(`${server.url}/v2/long/blobs/uploads/?digest=${digest}`, {
+    const response = await server.fetch(`/v2/long/blobs/uploads/?digest=${digest}`, {
       method: 'POST',
       body: data,
     });
     assert.equal(response.status, 201);
     assert.equal(response.headers.get('docker-content-digest'), digest);
-    const get = await fetch(`${server.url}/v2/long/blobs/${digest}`);
+    const get = await server.fetch(`/v2/long/blobs/${digest}`);
     assert.equal(get.status, 200);
     assert.deepEqual(Buffer.from(await get.arrayBuffer()), data);
   });
 
   it('rejects a body whose digest differs and stores nothing', async () => {
     const digest = sha256('expected');
-    const response = await fetch(`${server.url}/v2/mono/blobs/uploads/?digest=${digest}`, {
+    const response = await server.fetch(`/v2/mono/blobs/uploads/?digest=${digest}`, {
       method: 'POST',
       body: 'actual',
     });
     assert.equal(response.status, 400);
     assert.equal(await errorCode(response), 'DIGEST_INVALID');
-    const head = await fetch(`${server.url}/v2/mono/blobs/${digest}`, { method: 'HEAD' });
+    const head = await server.fetch(`/v2/mono/blobs/${digest}`, { method: 'HEAD' });
     assert.equal(head.status, 404);
     assert.deepEqual(uploadFiles(), []);
   });
 
   it('deduplicates a blob pushed to two repositories', async () => {
     const data = randomBytes(2048);
-    const digest = await pushBlob(server.url, 'dedup/one', data);
-    await pushBlob(server.url, 'dedup/two', data);
+    const digest = await pushBlob(server, 'dedup/one', data);
+    await pushBlob(server, 'dedup/two', data);
     const hex = digest.slice('sha256:'.length);
     const dir = path.join(server.dataDir, 'blobs', 'sha256', hex.slice(0, 2));
     assert.deepEqual(
@@ -123,7 +143,7 @@ describe('monolithic upload', () => {
       [hex],
     );
     for (const name of ['dedup/one', 'dedup/two']) {
-      const get = await fetch(`${server.url}/v2/${name}/blobs/${digest}`);
+      const get = await server.fetch(`/v2/${name}/blobs/${digest}`);
       assert.equal(get.status, 200);
       assert.deepEqual(Buffer.from(await get.arrayBuffer()), data);
     }
@@ -136,7 +156,7 @@ describe('chunked upload', () => {
     const location = await startUpload('chunked/repo');
     assert.match(location, /^\/v2\/chunked\/repo\/blobs\/uploads\/[0-9a-f-]{36}$/);
 
-    const first = await fetch(`${server.url}${location}`, {
+    const first = await server.fetch(location, {
       method: 'PATCH',
       body: data.subarray(0, 10_000),
       headers: { 'Content-Range': '0-9999', 'Content-Type': 'application/octet-stream' },
@@ -146,7 +166,7 @@ describe('chunked upload', () => {
     assert.equal(first.headers.get('location'), location);
     assert.equal(first.headers.get('docker-upload-uuid'), location.split('/').pop());
 
-    const second = await fetch(`${server.url}${location}`, {
+    const second = await server.fetch(location, {
       method: 'PATCH',
       body: data.subarray(10_000, 20_000),
       headers: { 'Content-Range': '10000-19999' },
@@ -154,13 +174,13 @@ describe('chunked upload', () => {
     assert.equal(second.status, 202);
     assert.equal(second.headers.get('range'), '0-19999');
 
-    const status = await fetch(`${server.url}${location}`);
+    const status = await server.fetch(location);
     assert.equal(status.status, 204);
     assert.equal(status.headers.get('range'), '0-19999');
     assert.equal(status.headers.get('docker-upload-uuid'), location.split('/').pop());
 
     const digest = sha256(data);
-    const put = await fetch(`${server.url}${location}?digest=${digest}`, {
+    const put = await server.fetch(`${location}?digest=${digest}`, {
       method: 'PUT',
       body: data.subarray(20_000),
       headers: { 'Content-Range': '20000-29999' },
@@ -169,9 +189,9 @@ describe('chunked upload', () => {
     assert.equal(put.headers.get('location'), `/v2/chunked/repo/blobs/${digest}`);
     assert.equal(put.headers.get('docker-content-digest'), digest);
 
-    const get = await fetch(`${server.url}/v2/chunked/repo/blobs/${digest}`);
+    const get = await server.fetch(`/v2/chunked/repo/blobs/${digest}`);
     assert.deepEqual(Buffer.from(await get.arrayBuffer()), data);
-    const gone = await fetch(`${server.url}${location}`);
+    const gone = await server.fetch(location);
     assert.equal(gone.status, 404);
     assert.equal(await errorCode(gone), 'BLOB_UPLOAD_UNKNOWN');
   });
@@ -179,25 +199,25 @@ describe('chunked upload', () => {
   it('streams a PATCH without Content-Range and finalizes without a body', async () => {
     const data = randomBytes(70_000);
     const location = await startUpload('streamed');
-    const patch = await fetch(`${server.url}${location}`, { method: 'PATCH', body: data });
+    const patch = await server.fetch(location, { method: 'PATCH', body: data });
     assert.equal(patch.status, 202);
     assert.equal(patch.headers.get('range'), `0-${data.length - 1}`);
 
     const digest = sha256(data);
-    const put = await fetch(`${server.url}${location}?digest=${digest}`, { method: 'PUT' });
+    const put = await server.fetch(`${location}?digest=${digest}`, { method: 'PUT' });
     assert.equal(put.status, 201);
-    const head = await fetch(`${server.url}/v2/streamed/blobs/${digest}`, { method: 'HEAD' });
+    const head = await server.fetch(`/v2/streamed/blobs/${digest}`, { method: 'HEAD' });
     assert.equal(head.headers.get('content-length'), String(data.length));
   });
 
   it('answers 416 with the current Range for an out-of-order chunk', async () => {
     const location = await startUpload('order');
-    await fetch(`${server.url}${location}`, {
+    await server.fetch(location, {
       method: 'PATCH',
       body: 'abcde',
       headers: { 'Content-Range': '0-4' },
     });
-    const skip = await fetch(`${server.url}${location}`, {
+    const skip = await server.fetch(location, {
       method: 'PATCH',
       body: 'xyz',
       headers: { 'Content-Range': '10-12' },
@@ -206,20 +226,20 @@ describe('chunked upload', () => {
     assert.equal(skip.headers.get('range'), '0-4');
     assert.equal(await errorCode(skip), 'BLOB_UPLOAD_INVALID');
 
-    const resend = await fetch(`${server.url}${location}`, {
+    const resend = await server.fetch(location, {
       method: 'PATCH',
       body: 'abcde',
       headers: { 'Content-Range': '0-4' },
     });
     assert.equal(resend.status, 416);
 
-    const next = await fetch(`${server.url}${location}`, {
+    const next = await server.fetch(location, {
       method: 'PATCH',
       body: 'fgh',
       headers: { 'Content-Range': '5-7' },
     });
     assert.equal(next.status, 202);
-    const put = await fetch(`${server.url}${location}?digest=${sha256('abcdefgh')}`, {
+    const put = await server.fetch(`${location}?digest=${sha256('abcdefgh')}`, {
       method: 'PUT',
     });
     assert.equal(put.status, 201);
@@ -227,14 +247,14 @@ describe('chunked upload', () => {
 
   it('finalizes an empty session as the zero-byte blob', async () => {
     const location = await startUpload('empty');
-    const put = await fetch(`${server.url}${location}?digest=${sha256('')}`, { method: 'PUT' });
+    const put = await server.fetch(`${location}?digest=${sha256('')}`, { method: 'PUT' });
     assert.equal(put.status, 201);
   });
 
   it('verifies a sha512 digest at finalize', async () => {
     const location = await startUpload('chunked512');
-    await fetch(`${server.url}${location}`, { method: 'PATCH', body: 'sha512 data' });
-    const put = await fetch(`${server.url}${location}?digest=${sha512('sha512 data')}`, {
+    await server.fetch(location, { method: 'PATCH', body: 'sha512 data' });
+    const put = await server.fetch(`${location}?digest=${sha512('sha512 data')}`, {
       method: 'PUT',
     });
     assert.equal(put.status, 201);
@@ -243,30 +263,30 @@ describe('chunked upload', () => {
 
   it('cancels the session when the final digest does not match', async () => {
     const location = await startUpload('mismatch');
-    await fetch(`${server.url}${location}`, { method: 'PATCH', body: 'some bytes' });
-    const put = await fetch(`${server.url}${location}?digest=${sha256('other bytes')}`, {
+    await server.fetch(location, { method: 'PATCH', body: 'some bytes' });
+    const put = await server.fetch(`${location}?digest=${sha256('other bytes')}`, {
       method: 'PUT',
     });
     assert.equal(put.status, 400);
     assert.equal(await errorCode(put), 'DIGEST_INVALID');
-    const status = await fetch(`${server.url}${location}`);
+    const status = await server.fetch(location);
     assert.equal(status.status, 404);
     assert.ok(!uploadFiles().includes(location.split('/').pop() as string));
   });
 
   it('requires the digest parameter to finalize', async () => {
     const location = await startUpload('nodigest');
-    const put = await fetch(`${server.url}${location}`, { method: 'PUT' });
+    const put = await server.fetch(location, { method: 'PUT' });
     assert.equal(put.status, 400);
     assert.equal(await errorCode(put), 'DIGEST_INVALID');
   });
 
   it('cancels a session with DELETE', async () => {
     const location = await startUpload('cancel');
-    await fetch(`${server.url}${location}`, { method: 'PATCH', body: 'partial' });
-    const cancel = await fetch(`${server.url}${location}`, { method: 'DELETE' });
+    await server.fetch(location, { method: 'PATCH', body: 'partial' });
+    const cancel = await server.fetch(location, { method: 'DELETE' });
     assert.equal(cancel.status, 204);
-    const again = await fetch(`${server.url}${location}`, { method: 'DELETE' });
+    const again = await server.fetch(location, { method: 'DELETE' });
     assert.equal(again.status, 404);
     assert.equal(await errorCode(again), 'BLOB_UPLOAD_UNKNOWN');
     assert.ok(!uploadFiles().includes(location.split('/').pop() as string));
@@ -275,14 +295,14 @@ describe('chunked upload', () => {
   it('does not let another repository continue a session', async () => {
     const location = await startUpload('owner');
     const id = location.split('/').pop();
-    const response = await fetch(`${server.url}/v2/intruder/blobs/uploads/${id}`);
+    const response = await server.fetch(`/v2/intruder/blobs/uploads/${id}`);
     assert.equal(response.status, 404);
     assert.equal(await errorCode(response), 'BLOB_UPLOAD_UNKNOWN');
   });
 
   it('answers 404 for an unknown session id', async () => {
-    const response = await fetch(
-      `${server.url}/v2/owner/blobs/uploads/00000000-0000-4000-8000-000000000000`,
+    const response = await server.fetch(
+      '/v2/owner/blobs/uploads/00000000-0000-4000-8000-000000000000',
       { method: 'PATCH', body: 'x' },
     );
     assert.equal(response.status, 404);
@@ -294,11 +314,11 @@ describe('blob reads', () => {
   let digest: string;
   const data = Buffer.from('0123456789abcdefghij');
   before(async () => {
-    digest = await pushBlob(server.url, 'reads', data);
+    digest = await pushBlob(server, 'reads', data);
   });
 
   it('answers HEAD with size and digest but no body', async () => {
-    const head = await fetch(`${server.url}/v2/reads/blobs/${digest}`, { method: 'HEAD' });
+    const head = await server.fetch(`/v2/reads/blobs/${digest}`, { method: 'HEAD' });
     assert.equal(head.status, 200);
     assert.equal(head.headers.get('content-length'), '20');
     assert.equal(head.headers.get('docker-content-digest'), digest);
@@ -313,7 +333,7 @@ describe('blob reads', () => {
   ];
   for (const [range, status, body, contentRange] of ranges) {
     it(`serves Range ${range}`, async () => {
-      const get = await fetch(`${server.url}/v2/reads/blobs/${digest}`, {
+      const get = await server.fetch(`/v2/reads/blobs/${digest}`, {
         headers: { Range: range },
       });
       assert.equal(get.status, status);
@@ -324,7 +344,7 @@ describe('blob reads', () => {
   }
 
   it('answers 416 for a range past the end', async () => {
-    const get = await fetch(`${server.url}/v2/reads/blobs/${digest}`, {
+    const get = await server.fetch(`/v2/reads/blobs/${digest}`, {
       headers: { Range: 'bytes=20-30' },
     });
     assert.equal(get.status, 416);
@@ -332,15 +352,15 @@ describe('blob reads', () => {
   });
 
   it('serves only blobs the repository holds', async () => {
-    const get = await fetch(`${server.url}/v2/elsewhere/blobs/${digest}`);
+    const get = await server.fetch(`/v2/elsewhere/blobs/${digest}`);
     assert.equal(get.status, 404);
     assert.equal(await errorCode(get), 'BLOB_UNKNOWN');
-    const head = await fetch(`${server.url}/v2/elsewhere/blobs/${digest}`, { method: 'HEAD' });
+    const head = await server.fetch(`/v2/elsewhere/blobs/${digest}`, { method: 'HEAD' });
     assert.equal(head.status, 404);
   });
 
   it('rejects a malformed digest', async () => {
-    const get = await fetch(`${server.url}/v2/reads/blobs/sha256:1234`);
+    const get = await server.fetch('/v2/reads/blobs/sha256:1234');
     assert.equal(get.status, 400);
     assert.equal(await errorCode(get), 'DIGEST_INVALID');
   });
@@ -349,15 +369,15 @@ describe('blob reads', () => {
 describe('DELETE blob', () => {
   it('removes the blob from one repository only', async () => {
     const data = randomBytes(64);
-    const digest = await pushBlob(server.url, 'del/a', data);
-    await pushBlob(server.url, 'del/b', data);
+    const digest = await pushBlob(server, 'del/a', data);
+    await pushBlob(server, 'del/b', data);
 
-    const response = await fetch(`${server.url}/v2/del/a/blobs/${digest}`, { method: 'DELETE' });
+    const response = await server.fetch(`/v2/del/a/blobs/${digest}`, { method: 'DELETE' });
     assert.equal(response.status, 202);
-    assert.equal((await fetch(`${server.url}/v2/del/a/blobs/${digest}`)).status, 404);
-    assert.equal((await fetch(`${server.url}/v2/del/b/blobs/${digest}`)).status, 200);
+    assert.equal((await server.fetch(`/v2/del/a/blobs/${digest}`)).status, 404);
+    assert.equal((await server.fetch(`/v2/del/b/blobs/${digest}`)).status, 200);
 
-    const again = await fetch(`${server.url}/v2/del/a/blobs/${digest}`, { method: 'DELETE' });
+    const again = await server.fetch(`/v2/del/a/blobs/${digest}`, { method: 'DELETE' });
     assert.equal(again.status, 404);
     assert.equal(await errorCode(again), 'BLOB_UNKNOWN');
   });
@@ -365,24 +385,24 @@ describe('DELETE blob', () => {
 
 describe('cross-repository mount', () => {
   it('mounts a blob from another repository with 201', async () => {
-    const digest = await pushBlob(server.url, 'mount/source', 'shared layer');
-    const response = await fetch(
-      `${server.url}/v2/mount/target/blobs/uploads/?mount=${digest}&from=mount/source`,
+    const digest = await pushBlob(server, 'mount/source', 'shared layer');
+    const response = await server.fetch(
+      `/v2/mount/target/blobs/uploads/?mount=${digest}&from=mount/source`,
       { method: 'POST' },
     );
     assert.equal(response.status, 201);
     assert.equal(response.headers.get('location'), `/v2/mount/target/blobs/${digest}`);
     assert.equal(response.headers.get('docker-content-digest'), digest);
     assert.equal(
-      await (await fetch(`${server.url}/v2/mount/target/blobs/${digest}`)).text(),
+      await (await server.fetch(`/v2/mount/target/blobs/${digest}`)).text(),
       'shared layer',
     );
   });
 
   it('falls back to an upload session (202) when the source lacks the blob', async () => {
     const digest = sha256('not anywhere');
-    const response = await fetch(
-      `${server.url}/v2/mount/target/blobs/uploads/?mount=${digest}&from=mount/source`,
+    const response = await server.fetch(
+      `/v2/mount/target/blobs/uploads/?mount=${digest}&from=mount/source`,
       { method: 'POST' },
     );
     assert.equal(response.status, 202);
@@ -392,20 +412,17 @@ describe('cross-repository mount', () => {
   });
 
   it('mounts without from when some repository holds the blob', async () => {
-    const digest = await pushBlob(server.url, 'mount/origin', 'auto mount');
-    const response = await fetch(`${server.url}/v2/mount/auto/blobs/uploads/?mount=${digest}`, {
+    const digest = await pushBlob(server, 'mount/origin', 'auto mount');
+    const response = await server.fetch(`/v2/mount/auto/blobs/uploads/?mount=${digest}`, {
       method: 'POST',
     });
     assert.equal(response.status, 201);
-    assert.equal(
-      await (await fetch(`${server.url}/v2/mount/auto/blobs/${digest}`)).text(),
-      'auto mount',
-    );
+    assert.equal(await (await server.fetch(`/v2/mount/auto/blobs/${digest}`)).text(), 'auto mount');
   });
 
   it('falls back to 202 without from when no repository holds the blob', async () => {
-    const response = await fetch(
-      `${server.url}/v2/mount/auto/blobs/uploads/?mount=${sha256('nowhere at all')}`,
+    const response = await server.fetch(
+      `/v2/mount/auto/blobs/uploads/?mount=${sha256('nowhere at all')}`,
       { method: 'POST' },
     );
     assert.equal(response.status, 202);

@@ -18,9 +18,9 @@ async function errorCode(response: Response): Promise<string | undefined> {
 }
 
 async function tagManifest(name: string, tags: string[]): Promise<void> {
-  const image = await pushImage(server.url, name, tags[0] as string);
+  const image = await pushImage(server, name, tags[0] as string);
   for (const tag of tags.slice(1)) {
-    const response = await fetch(`${server.url}/v2/${name}/manifests/${tag}`, {
+    const response = await server.fetch(`/v2/${name}/manifests/${tag}`, {
       method: 'PUT',
       body: image.body,
       headers: { 'Content-Type': OCI_MANIFEST },
@@ -37,7 +37,7 @@ describe('tags list', () => {
   });
 
   it('lists every tag in lexical order', async () => {
-    const response = await fetch(`${server.url}/v2/paged/repo/tags/list`);
+    const response = await server.fetch('/v2/paged/repo/tags/list');
     assert.equal(response.status, 200);
     assert.equal(response.headers.get('link'), null);
     assert.deepEqual(await response.json(), { name: 'paged/repo', tags: sorted });
@@ -48,7 +48,7 @@ describe('tags list', () => {
     let url: string | undefined = '/v2/paged/repo/tags/list?n=3';
     let pages = 0;
     while (url) {
-      const response: Response = await fetch(`${server.url}${url}`);
+      const response: Response = await server.fetch(url);
       assert.equal(response.status, 200);
       const body = (await response.json()) as { tags: string[] };
       assert.ok(body.tags.length <= 3);
@@ -63,29 +63,29 @@ describe('tags list', () => {
   });
 
   it('starts after last without n', async () => {
-    const response = await fetch(`${server.url}/v2/paged/repo/tags/list?last=v1`);
+    const response = await server.fetch('/v2/paged/repo/tags/list?last=v1');
     assert.deepEqual(((await response.json()) as { tags: string[] }).tags, ['v10', 'v2', 'z.9']);
   });
 
   it('gives no Link on the exact last page', async () => {
-    const response = await fetch(`${server.url}/v2/paged/repo/tags/list?n=${tags.length}`);
+    const response = await server.fetch(`/v2/paged/repo/tags/list?n=${tags.length}`);
     assert.equal(response.headers.get('link'), null);
     assert.equal(((await response.json()) as { tags: string[] }).tags.length, tags.length);
   });
 
   it('answers n=0 with an empty list', async () => {
-    const response = await fetch(`${server.url}/v2/paged/repo/tags/list?n=0`);
+    const response = await server.fetch('/v2/paged/repo/tags/list?n=0');
     assert.deepEqual(((await response.json()) as { tags: string[] }).tags, []);
   });
 
   it('rejects an invalid n', async () => {
-    const response = await fetch(`${server.url}/v2/paged/repo/tags/list?n=-1`);
+    const response = await server.fetch('/v2/paged/repo/tags/list?n=-1');
     assert.equal(response.status, 400);
     assert.equal(await errorCode(response), 'UNSUPPORTED');
   });
 
   it('answers NAME_UNKNOWN for an unknown repository', async () => {
-    const response = await fetch(`${server.url}/v2/never/pushed/tags/list`);
+    const response = await server.fetch('/v2/never/pushed/tags/list');
     assert.equal(response.status, 404);
     assert.equal(await errorCode(response), 'NAME_UNKNOWN');
   });
@@ -94,20 +94,20 @@ describe('tags list', () => {
 describe('catalog', () => {
   const names = ['cat/a', 'cat/b', 'cat/c', 'cat/d', 'cat/e'];
   before(async () => {
-    for (const name of names) await pushBlob(server.url, name, `blob of ${name}`);
+    for (const name of names) await pushBlob(server, name, `blob of ${name}`);
   });
 
   it('lists repositories with content in lexical order and pages with Link', async () => {
-    const all = (await (await fetch(`${server.url}/v2/_catalog?n=1000`)).json()) as {
+    const all = (await (await server.fetch('/v2/_catalog?n=1000')).json()) as {
       repositories: string[];
     };
     for (const name of names) assert.ok(all.repositories.includes(name), name);
     assert.deepEqual(all.repositories, [...all.repositories].sort());
 
-    const first = await fetch(`${server.url}/v2/_catalog?n=2&last=cat/a`);
+    const first = await server.fetch('/v2/_catalog?n=2&last=cat/a');
     assert.deepEqual(await first.json(), { repositories: ['cat/b', 'cat/c'] });
     assert.equal(first.headers.get('link'), '</v2/_catalog?n=2&last=cat%2Fc>; rel="next"');
-    const second = await fetch(`${server.url}/v2/_catalog?n=2&last=cat%2Fc`);
+    const second = await server.fetch('/v2/_catalog?n=2&last=cat%2Fc');
     assert.deepEqual(((await second.json()) as { repositories: string[] }).repositories, [
       'cat/d',
       'cat/e',
@@ -115,9 +115,9 @@ describe('catalog', () => {
   });
 
   it('omits a repository whose only upload was cancelled', async () => {
-    const start = await fetch(`${server.url}/v2/cat/cancelled/blobs/uploads/`, { method: 'POST' });
-    await fetch(`${server.url}${start.headers.get('location')}`, { method: 'DELETE' });
-    const all = (await (await fetch(`${server.url}/v2/_catalog?n=1000`)).json()) as {
+    const start = await server.fetch('/v2/cat/cancelled/blobs/uploads/', { method: 'POST' });
+    await server.fetch(`${start.headers.get('location')}`, { method: 'DELETE' });
+    const all = (await (await server.fetch('/v2/_catalog?n=1000')).json()) as {
       repositories: string[];
     };
     assert.ok(!all.repositories.includes('cat/cancelled'));
@@ -130,21 +130,21 @@ describe('referrers', () => {
   let signature: string;
   let indexReferrer: string;
   before(async () => {
-    subject = await pushImage(server.url, 'refs/app', 'v1');
+    subject = await pushImage(server, 'refs/app', 'v1');
     const subjectDescriptor = descriptor(OCI_MANIFEST, subject.body);
 
-    const sbomPush = await pushImage(server.url, 'refs/app', sha256('sbom-manifest-x'), {
+    const sbomPush = await pushImage(server, 'refs/app', sha256('sbom-manifest-x'), {
       subject: subjectDescriptor,
       artifactType: 'application/spdx+json',
     }).catch(() => undefined);
     assert.equal(sbomPush, undefined, 'a digest reference that is not the body digest must fail');
 
-    const sbomImage = await pushImage(server.url, 'refs/app', 'sbom', {
+    const sbomImage = await pushImage(server, 'refs/app', 'sbom', {
       subject: subjectDescriptor,
       artifactType: 'application/spdx+json',
     });
     sbom = sbomImage.digest;
-    const sigImage = await pushImage(server.url, 'refs/app', 'sig', {
+    const sigImage = await pushImage(server, 'refs/app', 'sig', {
       subject: subjectDescriptor,
       configMediaType: 'application/vnd.dev.cosign.simplesigning.v1+json',
     });
@@ -160,7 +160,7 @@ describe('referrers', () => {
         annotations: { 'org.example.note': 'bundle' },
       }),
     );
-    const response = await fetch(`${server.url}/v2/refs/app/manifests/bundle`, {
+    const response = await server.fetch('/v2/refs/app/manifests/bundle', {
       method: 'PUT',
       body: index,
       headers: { 'Content-Type': OCI_INDEX },
@@ -171,8 +171,8 @@ describe('referrers', () => {
   });
 
   it('returns OCI-Subject on push of a manifest with a subject', async () => {
-    const image = await pushImage(server.url, 'refs/other', 'base');
-    const config = await pushBlob(server.url, 'refs/other', '{}');
+    const image = await pushImage(server, 'refs/other', 'base');
+    const config = await pushBlob(server, 'refs/other', '{}');
     assert.ok(config);
     const body = JSON.stringify({
       schemaVersion: 2,
@@ -182,7 +182,7 @@ describe('referrers', () => {
       layers: [],
       subject: descriptor(OCI_MANIFEST, image.body),
     });
-    const response = await fetch(`${server.url}/v2/refs/other/manifests/${sha256(body)}`, {
+    const response = await server.fetch(`/v2/refs/other/manifests/${sha256(body)}`, {
       method: 'PUT',
       body,
       headers: { 'Content-Type': OCI_MANIFEST },
@@ -192,7 +192,7 @@ describe('referrers', () => {
   });
 
   it('lists every referrer as an image index', async () => {
-    const response = await fetch(`${server.url}/v2/refs/app/referrers/${subject.digest}`);
+    const response = await server.fetch(`/v2/refs/app/referrers/${subject.digest}`);
     assert.equal(response.status, 200);
     assert.equal(response.headers.get('content-type'), OCI_INDEX);
     assert.equal(response.headers.get('oci-filters-applied'), null);
@@ -221,13 +221,13 @@ describe('referrers', () => {
     assert.equal(byDigest.get(indexReferrer)?.mediaType, OCI_INDEX);
     assert.equal(byDigest.get(indexReferrer)?.artifactType, 'application/vnd.example.bundle');
     assert.deepEqual(byDigest.get(indexReferrer)?.annotations, { 'org.example.note': 'bundle' });
-    const sbomManifest = await fetch(`${server.url}/v2/refs/app/manifests/${sbom}`);
+    const sbomManifest = await server.fetch(`/v2/refs/app/manifests/${sbom}`);
     assert.equal(byDigest.get(sbom)?.size, Number(sbomManifest.headers.get('content-length')));
   });
 
   it('filters by artifactType and says so in OCI-Filters-Applied', async () => {
-    const response = await fetch(
-      `${server.url}/v2/refs/app/referrers/${subject.digest}?artifactType=application/spdx%2Bjson`,
+    const response = await server.fetch(
+      `/v2/refs/app/referrers/${subject.digest}?artifactType=application/spdx%2Bjson`,
     );
     assert.equal(response.status, 200);
     assert.equal(response.headers.get('oci-filters-applied'), 'artifactType');
@@ -239,22 +239,22 @@ describe('referrers', () => {
   });
 
   it('returns an empty index for a digest nothing refers to', async () => {
-    const response = await fetch(`${server.url}/v2/refs/app/referrers/${sha256('lonely')}`);
+    const response = await server.fetch(`/v2/refs/app/referrers/${sha256('lonely')}`);
     assert.equal(response.status, 200);
     assert.deepEqual(((await response.json()) as { manifests: unknown[] }).manifests, []);
-    const unknownRepo = await fetch(`${server.url}/v2/refs/none/referrers/${sha256('lonely')}`);
+    const unknownRepo = await server.fetch(`/v2/refs/none/referrers/${sha256('lonely')}`);
     assert.equal(unknownRepo.status, 200);
   });
 
   it('rejects a malformed digest with 400', async () => {
-    const response = await fetch(`${server.url}/v2/refs/app/referrers/sha256:abc`);
+    const response = await server.fetch('/v2/refs/app/referrers/sha256:abc');
     assert.equal(response.status, 400);
     assert.equal(await errorCode(response), 'DIGEST_INVALID');
   });
 
   it('drops a referrer once it is deleted', async () => {
-    await fetch(`${server.url}/v2/refs/app/manifests/${signature}`, { method: 'DELETE' });
-    const response = await fetch(`${server.url}/v2/refs/app/referrers/${subject.digest}`);
+    await server.fetch(`/v2/refs/app/manifests/${signature}`, { method: 'DELETE' });
+    const response = await server.fetch(`/v2/refs/app/referrers/${subject.digest}`);
     const index = (await response.json()) as { manifests: Array<{ digest: string }> };
     assert.ok(!index.manifests.some((entry) => entry.digest === signature));
     assert.equal(index.manifests.length, 2);

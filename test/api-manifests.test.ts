@@ -32,7 +32,7 @@ async function errorCode(response: Response): Promise<string | undefined> {
 }
 
 function put(name: string, reference: string, body: Buffer | string, contentType?: string) {
-  return fetch(`${server.url}/v2/${name}/manifests/${reference}`, {
+  return server.fetch(`/v2/${name}/manifests/${reference}`, {
     method: 'PUT',
     body,
     headers: contentType ? { 'Content-Type': contentType } : {},
@@ -41,8 +41,8 @@ function put(name: string, reference: string, body: Buffer | string, contentType
 
 describe('manifest push and pull', () => {
   it('stores the exact bytes and serves them by tag and digest', async () => {
-    const config = await pushBlob(server.url, 'app/web', '{"os":"linux"}');
-    const layer = await pushBlob(server.url, 'app/web', 'layer bytes');
+    const config = await pushBlob(server, 'app/web', '{"os":"linux"}');
+    const layer = await pushBlob(server, 'app/web', 'layer bytes');
     // Odd spacing and key order: the registry must keep the bytes as sent.
     const body = Buffer.from(
       `{ "schemaVersion": 2,\n  "mediaType": "${OCI_MANIFEST}",\n  "config": {"mediaType": "${OCI_CONFIG}", "size": 14, "digest": "${config}"},\n  "layers": [{"mediaType": "${OCI_LAYER}", "size": 11, "digest": "${layer}"}],\n  "annotations": {"b": "2", "a": "1"} }\n`,
@@ -56,7 +56,7 @@ describe('manifest push and pull', () => {
     assert.equal(response.headers.get('oci-subject'), null);
 
     for (const reference of ['v1', digest]) {
-      const get = await fetch(`${server.url}/v2/app/web/manifests/${reference}`);
+      const get = await server.fetch(`/v2/app/web/manifests/${reference}`);
       assert.equal(get.status, 200);
       assert.equal(get.headers.get('content-type'), OCI_MANIFEST);
       assert.equal(get.headers.get('docker-content-digest'), digest);
@@ -64,7 +64,7 @@ describe('manifest push and pull', () => {
       assert.equal(get.headers.get('content-length'), String(body.length));
       assert.deepEqual(Buffer.from(await get.arrayBuffer()), body);
 
-      const head = await fetch(`${server.url}/v2/app/web/manifests/${reference}`, {
+      const head = await server.fetch(`/v2/app/web/manifests/${reference}`, {
         method: 'HEAD',
       });
       assert.equal(head.status, 200);
@@ -75,8 +75,8 @@ describe('manifest push and pull', () => {
   });
 
   it('pushes by digest without creating a tag', async () => {
-    const image = await pushImage(server.url, 'bydigest', 'seed');
-    const config = await pushBlob(server.url, 'bydigest', '{"v":2}');
+    const image = await pushImage(server, 'bydigest', 'seed');
+    const config = await pushBlob(server, 'bydigest', '{"v":2}');
     const body = Buffer.from(
       JSON.stringify({
         schemaVersion: 2,
@@ -88,7 +88,7 @@ describe('manifest push and pull', () => {
     assert.ok(config);
     const response = await put('bydigest', sha256(body), body, OCI_MANIFEST);
     assert.equal(response.status, 201);
-    const tags = (await (await fetch(`${server.url}/v2/bydigest/tags/list`)).json()) as {
+    const tags = (await (await server.fetch('/v2/bydigest/tags/list')).json()) as {
       tags: string[];
     };
     assert.deepEqual(tags.tags, ['seed']);
@@ -96,7 +96,7 @@ describe('manifest push and pull', () => {
   });
 
   it('accepts a sha512 digest reference', async () => {
-    await pushBlob(server.url, 'sha512repo', '{}');
+    await pushBlob(server, 'sha512repo', '{}');
     const body = Buffer.from(
       JSON.stringify({
         schemaVersion: 2,
@@ -109,25 +109,25 @@ describe('manifest push and pull', () => {
     const response = await put('sha512repo', digest, body, OCI_MANIFEST);
     assert.equal(response.status, 201);
     assert.equal(response.headers.get('docker-content-digest'), digest);
-    const get = await fetch(`${server.url}/v2/sha512repo/manifests/${digest}`);
+    const get = await server.fetch(`/v2/sha512repo/manifests/${digest}`);
     assert.equal(get.status, 200);
     assert.deepEqual(Buffer.from(await get.arrayBuffer()), body);
   });
 
   it('re-pushes one manifest under a second tag', async () => {
-    const image = await pushImage(server.url, 'retag', 'first');
+    const image = await pushImage(server, 'retag', 'first');
     const response = await put('retag', 'second', image.body, OCI_MANIFEST);
     assert.equal(response.status, 201);
     assert.equal(response.headers.get('docker-content-digest'), image.digest);
     for (const tag of ['first', 'second']) {
-      const head = await fetch(`${server.url}/v2/retag/manifests/${tag}`, { method: 'HEAD' });
+      const head = await server.fetch(`/v2/retag/manifests/${tag}`, { method: 'HEAD' });
       assert.equal(head.headers.get('docker-content-digest'), image.digest);
     }
   });
 
   it('moves a tag from an index to a plain manifest and back', async () => {
-    const amd = await pushImage(server.url, 'moving', 'amd64');
-    const arm = await pushImage(server.url, 'moving', 'arm64');
+    const amd = await pushImage(server, 'moving', 'amd64');
+    const arm = await pushImage(server, 'moving', 'arm64');
     const index = Buffer.from(
       JSON.stringify({
         schemaVersion: 2,
@@ -145,28 +145,28 @@ describe('manifest push and pull', () => {
       }),
     );
     assert.equal((await put('moving', 'latest', index, OCI_INDEX)).status, 201);
-    let get = await fetch(`${server.url}/v2/moving/manifests/latest`);
+    let get = await server.fetch('/v2/moving/manifests/latest');
     assert.equal(get.headers.get('content-type'), OCI_INDEX);
     assert.equal(get.headers.get('docker-content-digest'), sha256(index));
 
     assert.equal((await put('moving', 'latest', amd.body, OCI_MANIFEST)).status, 201);
-    get = await fetch(`${server.url}/v2/moving/manifests/latest`);
+    get = await server.fetch('/v2/moving/manifests/latest');
     assert.equal(get.headers.get('content-type'), OCI_MANIFEST);
     assert.equal(get.headers.get('docker-content-digest'), amd.digest);
 
     // The index is still stored under its digest after the tag moved away.
-    const byDigest = await fetch(`${server.url}/v2/moving/manifests/${sha256(index)}`);
+    const byDigest = await server.fetch(`/v2/moving/manifests/${sha256(index)}`);
     assert.equal(byDigest.status, 200);
 
     assert.equal((await put('moving', 'latest', index, OCI_INDEX)).status, 201);
-    get = await fetch(`${server.url}/v2/moving/manifests/latest`);
+    get = await server.fetch('/v2/moving/manifests/latest');
     assert.equal(get.headers.get('docker-content-digest'), sha256(index));
   });
 
   it('accepts Docker schema 2 manifests and manifest lists', async () => {
     const config = '{"architecture":"amd64","os":"linux"}';
-    await pushBlob(server.url, 'docker/img', config);
-    await pushBlob(server.url, 'docker/img', 'docker layer');
+    await pushBlob(server, 'docker/img', config);
+    await pushBlob(server, 'docker/img', 'docker layer');
     const manifest = Buffer.from(
       JSON.stringify({
         schemaVersion: 2,
@@ -189,25 +189,25 @@ describe('manifest push and pull', () => {
       }),
     );
     assert.equal((await put('docker/img', 'list', list, DOCKER_LIST)).status, 201);
-    const get = await fetch(`${server.url}/v2/docker/img/manifests/list`);
+    const get = await server.fetch('/v2/docker/img/manifests/list');
     assert.equal(get.headers.get('content-type'), DOCKER_LIST);
   });
 
   it('takes the media type from Content-Type when the body has none', async () => {
-    await pushBlob(server.url, 'nomediatype', '{}');
+    await pushBlob(server, 'nomediatype', '{}');
     const body = JSON.stringify({
       schemaVersion: 2,
       config: descriptor(OCI_EMPTY, '{}'),
       layers: [],
     });
     assert.equal((await put('nomediatype', 'x', body, OCI_MANIFEST)).status, 201);
-    const get = await fetch(`${server.url}/v2/nomediatype/manifests/x`);
+    const get = await server.fetch('/v2/nomediatype/manifests/x');
     assert.equal(get.headers.get('content-type'), OCI_MANIFEST);
   });
 
   it('accepts an artifact manifest with artifactType and the empty config', async () => {
-    await pushBlob(server.url, 'artifacts', '{}');
-    await pushBlob(server.url, 'artifacts', 'sbom contents');
+    await pushBlob(server, 'artifacts', '{}');
+    await pushBlob(server, 'artifacts', 'sbom contents');
     const body = JSON.stringify({
       schemaVersion: 2,
       mediaType: OCI_MANIFEST,
@@ -219,7 +219,7 @@ describe('manifest push and pull', () => {
   });
 
   it('accepts a non-distributable layer with URLs that is not in the registry', async () => {
-    const config = await pushBlob(server.url, 'foreign', '{"os":"windows"}');
+    const config = await pushBlob(server, 'foreign', '{"os":"windows"}');
     assert.ok(config);
     const body = JSON.stringify({
       schemaVersion: 2,
@@ -238,15 +238,15 @@ describe('manifest push and pull', () => {
   });
 
   it('refuses, never converts, when Accept excludes the stored type', async () => {
-    const image = await pushImage(server.url, 'negotiate', 'v1');
-    const refused = await fetch(`${server.url}/v2/negotiate/manifests/v1`, {
+    const image = await pushImage(server, 'negotiate', 'v1');
+    const refused = await server.fetch('/v2/negotiate/manifests/v1', {
       headers: { Accept: DOCKER_MANIFEST },
     });
     assert.equal(refused.status, 404);
     assert.equal(await errorCode(refused), 'MANIFEST_UNKNOWN');
 
     for (const accept of [`${DOCKER_MANIFEST}, ${OCI_MANIFEST}`, '*/*', 'application/json']) {
-      const served = await fetch(`${server.url}/v2/negotiate/manifests/v1`, {
+      const served = await server.fetch('/v2/negotiate/manifests/v1', {
         headers: { Accept: accept },
       });
       assert.equal(served.status, 200, accept);
@@ -255,8 +255,8 @@ describe('manifest push and pull', () => {
   });
 
   it('answers 304 to a matching If-None-Match', async () => {
-    const image = await pushImage(server.url, 'etag', 'v1');
-    const response = await fetch(`${server.url}/v2/etag/manifests/v1`, {
+    const image = await pushImage(server, 'etag', 'v1');
+    const response = await server.fetch('/v2/etag/manifests/v1', {
       headers: { 'If-None-Match': `"${image.digest}"` },
     });
     assert.equal(response.status, 304);
@@ -376,14 +376,14 @@ describe('manifest push validation', () => {
       const response = await send();
       assert.equal(response.status, status);
       assert.equal(await errorCode(response), code);
-      const get = await fetch(`${server.url}/v2/bad/manifests/x`);
+      const get = await server.fetch('/v2/bad/manifests/x');
       assert.equal(get.status, 404);
     });
   }
 
   it('rejects a descriptor size that differs from the stored blob', async () => {
-    const layer = await pushBlob(server.url, 'sizes', 'twelve bytes');
-    await pushBlob(server.url, 'sizes', '{}');
+    const layer = await pushBlob(server, 'sizes', 'twelve bytes');
+    await pushBlob(server, 'sizes', '{}');
     const body = JSON.stringify({
       schemaVersion: 2,
       mediaType: OCI_MANIFEST,
@@ -396,8 +396,8 @@ describe('manifest push validation', () => {
   });
 
   it('rejects a blob that only another repository holds', async () => {
-    await pushBlob(server.url, 'holder', 'held elsewhere');
-    await pushBlob(server.url, 'nonholder', '{}');
+    await pushBlob(server, 'holder', 'held elsewhere');
+    await pushBlob(server, 'nonholder', '{}');
     const body = JSON.stringify({
       schemaVersion: 2,
       mediaType: OCI_MANIFEST,
@@ -412,26 +412,26 @@ describe('manifest push validation', () => {
 
 describe('manifest delete', () => {
   it('deletes a tag only, keeping the manifest', async () => {
-    const image = await pushImage(server.url, 'deltag', 'v1');
-    const response = await fetch(`${server.url}/v2/deltag/manifests/v1`, { method: 'DELETE' });
+    const image = await pushImage(server, 'deltag', 'v1');
+    const response = await server.fetch('/v2/deltag/manifests/v1', { method: 'DELETE' });
     assert.equal(response.status, 202);
-    assert.equal((await fetch(`${server.url}/v2/deltag/manifests/v1`)).status, 404);
-    assert.equal((await fetch(`${server.url}/v2/deltag/manifests/${image.digest}`)).status, 200);
+    assert.equal((await server.fetch('/v2/deltag/manifests/v1')).status, 404);
+    assert.equal((await server.fetch(`/v2/deltag/manifests/${image.digest}`)).status, 200);
   });
 
   it('deletes a manifest by digest with every tag on it', async () => {
-    const image = await pushImage(server.url, 'deldigest', 'a');
+    const image = await pushImage(server, 'deldigest', 'a');
     await put('deldigest', 'b', image.body, OCI_MANIFEST);
-    const response = await fetch(`${server.url}/v2/deldigest/manifests/${image.digest}`, {
+    const response = await server.fetch(`/v2/deldigest/manifests/${image.digest}`, {
       method: 'DELETE',
     });
     assert.equal(response.status, 202);
     for (const reference of ['a', 'b', image.digest]) {
-      const get = await fetch(`${server.url}/v2/deldigest/manifests/${reference}`);
+      const get = await server.fetch(`/v2/deldigest/manifests/${reference}`);
       assert.equal(get.status, 404);
       assert.equal(await errorCode(get), 'MANIFEST_UNKNOWN');
     }
-    const tags = (await (await fetch(`${server.url}/v2/deldigest/tags/list`)).json()) as {
+    const tags = (await (await server.fetch('/v2/deldigest/tags/list')).json()) as {
       tags: string[];
     };
     assert.deepEqual(tags.tags, []);
@@ -439,7 +439,7 @@ describe('manifest delete', () => {
 
   it('answers 404 MANIFEST_UNKNOWN for something absent', async () => {
     for (const reference of ['nope', sha256('nope')]) {
-      const response = await fetch(`${server.url}/v2/deldigest/manifests/${reference}`, {
+      const response = await server.fetch(`/v2/deldigest/manifests/${reference}`, {
         method: 'DELETE',
       });
       assert.equal(response.status, 404);
@@ -451,11 +451,14 @@ describe('manifest delete', () => {
 describe('manifests in multi-segment repositories', () => {
   it('resolves names that contain API path words', async () => {
     const name = 'a/manifests/b/blobs/c';
-    const image = await pushImage(server.url, name, 'latest');
-    const get = await fetch(`${server.url}/v2/${name}/manifests/latest`);
+    const layer = 'layer of a name with API path words';
+    const image = await pushImage(server, name, 'latest', { layer });
+    const get = await server.fetch(`/v2/${name}/manifests/latest`);
     assert.equal(get.status, 200);
     assert.equal(get.headers.get('docker-content-digest'), image.digest);
-    const blob = await fetch(`${server.url}/v2/${name}/blobs/${image.layerDigest}`);
+    assert.deepEqual(Buffer.from(await get.arrayBuffer()), image.body);
+    const blob = await server.fetch(`/v2/${name}/blobs/${image.layerDigest}`);
     assert.equal(blob.status, 200);
+    assert.equal(await blob.text(), layer);
   });
 });

@@ -30,7 +30,13 @@ import {
   pushBlob,
   sha256,
 } from './helpers/oci.js';
-import { startServer, type TestServer } from './helpers/server.js';
+import {
+  ADMIN_PASSWORD,
+  ADMIN_USER,
+  basicAuth,
+  startServer,
+  type TestServer,
+} from './helpers/server.js';
 
 // Every case sends bad input over HTTP to a real mcr process. It then checks
 // that the request stored nothing: every table keeps its row count, and the
@@ -59,6 +65,9 @@ const CONFIG = JSON.stringify({
 });
 const LAYER = 'layer bytes of base/app';
 
+/** The Authorization header value every request in this file sends. */
+const ADMIN_AUTHORIZATION = basicAuth(ADMIN_USER, ADMIN_PASSWORD);
+
 /**
  * Largest manifest mcr accepts, in bytes. The OCI Distribution Specification v1.1
  * recommends that registries accept manifests of at least 4 megabytes.
@@ -84,8 +93,8 @@ before(async () => {
   }
 
   server = await startServer({ dataDir });
-  await pushBlob(server.url, REPO, CONFIG);
-  await pushBlob(server.url, REPO, LAYER);
+  await pushBlob(server, REPO, CONFIG);
+  await pushBlob(server, REPO, LAYER);
   const manifest = imageManifest([descriptor(OCI_LAYER, LAYER)]);
   const response = await send('PUT', `/v2/${REPO}/manifests/v1`, {
     body: manifest,
@@ -106,8 +115,8 @@ interface HttpResult {
 }
 
 /**
- * Sends one request, on a new connection unless `agent` is given. The path
- * goes out exactly as given: unlike fetch, node:http neither resolves "." and
+ * Sends one request as the admin account, on a new connection unless `agent`
+ * is given. The path goes out exactly as given: unlike fetch, node:http neither resolves "." and
  * ".." segments nor re-encodes characters.
  */
 function send(
@@ -116,7 +125,10 @@ function send(
   options: { body?: Buffer | string; headers?: Record<string, string>; agent?: http.Agent } = {},
 ): Promise<HttpResult> {
   const body = options.body === undefined ? undefined : Buffer.from(options.body);
-  const headers: Record<string, string> = { ...options.headers };
+  const headers: Record<string, string> = {
+    Authorization: ADMIN_AUTHORIZATION,
+    ...options.headers,
+  };
   if (body !== undefined && headers['Transfer-Encoding'] === undefined) {
     headers['Content-Length'] = String(body.length);
   }
@@ -673,7 +685,7 @@ describe('manifest validation', () => {
 
     // A blob held by another repository does not count.
     const elsewhere = 'only in another repository';
-    await pushBlob(server.url, 'other/repo', elsewhere);
+    await pushBlob(server, 'other/repo', elsewhere);
     const afterOtherPush = snapshot();
     const foreign = await putManifest(
       'foreign-blob',
@@ -750,6 +762,7 @@ describe('manifest validation', () => {
         );
         socket.write(
           `PUT /v2/${REPO}/manifests/over-limit HTTP/1.1\r\nHost: 127.0.0.1\r\n` +
+            `Authorization: ${ADMIN_AUTHORIZATION}\r\n` +
             `Connection: close\r\nContent-Type: ${OCI_MANIFEST}\r\n` +
             `Content-Length: ${overLimit.length}\r\n\r\n`,
         );
@@ -914,12 +927,14 @@ describe('upload sessions', () => {
     const declared = 1000;
     await sendTruncated(
       `PATCH ${location} HTTP/1.1\r\nHost: 127.0.0.1\r\n` +
+        `Authorization: ${ADMIN_AUTHORIZATION}\r\n` +
         `Content-Type: application/octet-stream\r\nContent-Range: 10-${10 + declared - 1}\r\n` +
         `Content-Length: ${declared}\r\n\r\n`,
       randomBytes(100),
     );
     await sendTruncated(
       `PATCH ${location} HTTP/1.1\r\nHost: 127.0.0.1\r\n` +
+        `Authorization: ${ADMIN_AUTHORIZATION}\r\n` +
         `Content-Type: application/octet-stream\r\nContent-Length: ${declared}\r\n\r\n`,
       randomBytes(300),
     );
@@ -956,7 +971,8 @@ describe('upload sessions', () => {
       const digest = sha256(data);
       await sendTruncated(
         `POST /v2/${repository}/blobs/uploads/?digest=${digest} HTTP/1.1\r\n` +
-          `Host: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n` +
+          `Host: 127.0.0.1\r\nAuthorization: ${ADMIN_AUTHORIZATION}\r\n` +
+          `Content-Type: application/octet-stream\r\n` +
           `Content-Length: ${data.length}\r\n\r\n`,
         data.subarray(0, data.length / 2),
       );

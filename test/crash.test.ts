@@ -10,7 +10,13 @@ import { describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 
 import { OCI_MANIFEST, pushImage, sha256 } from './helpers/oci.js';
-import { startServer, type TestServer } from './helpers/server.js';
+import {
+  ADMIN_PASSWORD,
+  ADMIN_USER,
+  basicAuth,
+  startServer,
+  type TestServer,
+} from './helpers/server.js';
 
 // Each test kills mcr with SIGKILL in the middle of writes, restarts it on the
 // same data directory and checks that the database is intact, that nothing
@@ -64,7 +70,10 @@ async function digestOfGenerated(seed: string, size: number): Promise<string> {
 
 type StreamOutcome = { status: number; body: string } | { error: Error };
 
-/** Sends a request with a streamed body. Resolves with the response or the connection error. */
+/**
+ * Sends a request as the admin account with a streamed body. Resolves with the
+ * response or the connection error.
+ */
 function streamRequest(
   server: TestServer,
   method: string,
@@ -74,7 +83,14 @@ function streamRequest(
 ): Promise<StreamOutcome> {
   return new Promise((resolve) => {
     const request = http.request(
-      { host: '127.0.0.1', port: server.port, method, path: requestPath, headers, agent: false },
+      {
+        host: '127.0.0.1',
+        port: server.port,
+        method,
+        path: requestPath,
+        headers: { Authorization: basicAuth(ADMIN_USER, ADMIN_PASSWORD), ...headers },
+        agent: false,
+      },
       (response) => {
         let text = '';
         response.setEncoding('utf8');
@@ -88,13 +104,19 @@ function streamRequest(
   });
 }
 
-/** Downloads a URL as a stream and returns the status, the byte count and the sha256 digest. */
+/**
+ * Downloads a path from the server as the admin account, as a stream, and
+ * returns the status, the byte count and the sha256 digest.
+ */
 function hashDownload(
-  url: string,
+  server: TestServer,
+  requestPath: string,
 ): Promise<{ status: number; size: number; digest: string; header: string | undefined }> {
+  const url = `${server.url}${requestPath}`;
+  const headers = { Authorization: basicAuth(ADMIN_USER, ADMIN_PASSWORD) };
   return new Promise((resolve, reject) => {
     http
-      .get(url, { agent: false }, (response) => {
+      .get(url, { agent: false, headers }, (response) => {
         const hash = createHash('sha256');
         let size = 0;
         response.on('data', (chunk: Buffer) => {
@@ -163,7 +185,7 @@ describe('SIGKILL during a large upload', () => {
     let server = await startServer({ dataDir });
 
     try {
-      const start = await fetch(`${server.url}/v2/${repository}/blobs/uploads/`, {
+      const start = await server.fetch(`/v2/${repository}/blobs/uploads/`, {
         method: 'POST',
       });
       assert.equal(start.status, 202);
@@ -212,7 +234,7 @@ describe('SIGKILL during a large upload', () => {
 
       server = await startServer({ dataDir });
 
-      const head = await fetch(`${server.url}/v2/${repository}/blobs/${digest}`, {
+      const head = await server.fetch(`/v2/${repository}/blobs/${digest}`, {
         method: 'HEAD',
       });
       assert.equal(head.status, 404, 'HEAD of the interrupted blob');
@@ -227,7 +249,7 @@ describe('SIGKILL during a large upload', () => {
       );
 
       // The session's offset only moves when a chunk is complete.
-      const status = await fetch(`${server.url}${location}`);
+      const status = await server.fetch(location);
       assert.equal(status.status, 204, 'the interrupted session still exists');
       assert.equal(status.headers.get('range'), '0-0', 'the session has no bytes');
 
@@ -241,7 +263,7 @@ describe('SIGKILL during a large upload', () => {
       assert.ok('status' in push, `push after the restart failed: ${String(push)}`);
       assert.equal(push.status, 201, `push after the restart: ${push.body}`);
 
-      const download = await hashDownload(`${server.url}/v2/${repository}/blobs/${digest}`);
+      const download = await hashDownload(server, `/v2/${repository}/blobs/${digest}`);
       assert.equal(download.status, 200);
       assert.equal(download.size, BIG_BLOB_SIZE);
       assert.equal(download.digest, digest);
@@ -297,7 +319,7 @@ async function verifyImage(
   expectedDigest: string,
 ): Promise<string[]> {
   const problems: string[] = [];
-  const response = await fetch(`${server.url}/v2/${repository}/manifests/${tag}`, {
+  const response = await server.fetch(`/v2/${repository}/manifests/${tag}`, {
     headers: { Accept: OCI_MANIFEST },
   });
   if (response.status !== 200) return [`${repository}:${tag}: manifest GET ${response.status}`];
@@ -307,7 +329,7 @@ async function verifyImage(
   }
   const manifest = JSON.parse(bytes.toString('utf8')) as ManifestBody;
   for (const blob of [manifest.config, ...manifest.layers]) {
-    const download = await hashDownload(`${server.url}/v2/${repository}/blobs/${blob.digest}`);
+    const download = await hashDownload(server, `/v2/${repository}/blobs/${blob.digest}`);
     if (download.status !== 200) {
       problems.push(`${repository}:${tag}: blob ${blob.digest} GET ${download.status}`);
     } else if (download.digest !== blob.digest || download.size !== blob.size) {
@@ -353,7 +375,7 @@ describe('SIGKILL during concurrent manifest pushes', () => {
         if (killed) return;
         inFlight++;
         try {
-          const result = await pushImage(running.url, job.repository, job.tag, {
+          const result = await pushImage(running, job.repository, job.tag, {
             layer: job.layer,
           });
           acknowledged.set(key(job), result.digest);
@@ -428,7 +450,7 @@ describe('SIGKILL during concurrent manifest pushes', () => {
       const restarted = server;
       await runPool(jobs, CONCURRENCY, async (job) => {
         try {
-          const result = await pushImage(restarted.url, job.repository, job.tag, {
+          const result = await pushImage(restarted, job.repository, job.tag, {
             layer: job.layer,
           });
           pushed.set(key(job), result.digest);

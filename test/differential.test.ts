@@ -26,7 +26,13 @@ import {
   sha512,
 } from './helpers/oci.js';
 import { startReference, type ReferenceServer } from './helpers/reference.js';
-import { startServer, type TestServer } from './helpers/server.js';
+import {
+  ADMIN_PASSWORD,
+  ADMIN_USER,
+  basicAuth,
+  startServer,
+  type TestServer,
+} from './helpers/server.js';
 
 type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -1368,13 +1374,15 @@ function summary(outcome: Outcome): string {
 interface Target {
   base: URL;
   agent: Agent;
+  /** Headers sent with every request to this server, such as credentials. */
+  headers?: Record<string, string>;
 }
 
 async function runSteps(target: Target, steps: Step[], repo: string): Promise<Outcome[]> {
   const vars: Record<string, string> = { repo, other: `${repo}-other` };
   const outcomes: Outcome[] = [];
   for (const step of steps) {
-    const headers: Record<string, string> = {};
+    const headers: Record<string, string> = { ...target.headers };
     for (const [name, value] of Object.entries(step.headers ?? {})) {
       headers[name] = expand(value, vars);
     }
@@ -1653,7 +1661,16 @@ describe('differential: mcr against Distribution 2.8', () => {
       assert.ok(reference, 'the reference registry is not running');
       const repo = repositoryOf(testCase.name);
       const [mcrOutcomes, referenceOutcomes] = await Promise.all([
-        runSteps({ base: new URL(mcr.url), agent: agents.mcr }, testCase.steps, repo),
+        runSteps(
+          {
+            base: new URL(mcr.url),
+            agent: agents.mcr,
+            // The reference registry runs without authentication, so only mcr gets credentials.
+            headers: { authorization: basicAuth(ADMIN_USER, ADMIN_PASSWORD) },
+          },
+          testCase.steps,
+          repo,
+        ),
         runSteps({ base: new URL(reference.url), agent: agents.reference }, testCase.steps, repo),
       ]);
 

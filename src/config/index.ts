@@ -21,6 +21,28 @@ const duration = z.string().refine((value) => parseDuration(value) !== undefined
   message: 'expected a duration such as "30m", "1h" or "1h30m"',
 });
 
+/** A list, written in TOML as an array or in the environment as comma-separated values. */
+const stringList = z.preprocess(
+  (value) =>
+    typeof value === 'string'
+      ? value
+          .split(',')
+          .map((item) => item.trim())
+          .filter((item) => item !== '')
+      : value,
+  z.array(z.string()),
+);
+
+const boolean = z.preprocess(
+  (value) => (value === 'true' ? true : value === 'false' ? false : value),
+  z.boolean(),
+);
+
+const integer = z.preprocess(
+  (value) => (typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value),
+  z.number().int().nonnegative(),
+);
+
 const externalUrl = z.string().refine((value) => value === '' || isHttpUrl(value), {
   message: 'expected an http:// or https:// URL, or an empty string',
 });
@@ -53,6 +75,30 @@ const configSchema = z.strictObject({
       grace_period: duration.default('1h'),
     })
     .prefault({}),
+  auth: z
+    .strictObject({
+      provider: z.enum(['local', 'ldap']).default('local'),
+      service: z.string().default(''),
+      token_ttl: duration.default('5m'),
+      refresh_token_ttl: duration.default('720h'),
+      max_failures: integer.default(10),
+      max_failures_per_address: integer.default(50),
+      failure_window: duration.default('15m'),
+    })
+    .prefault({}),
+  ldap: z
+    .strictObject({
+      url: z.string().default(''),
+      user_dn: z.string().default(''),
+      group_base_dn: z.string().default(''),
+      group_filter: z.string().default('(|(member={dn})(uniqueMember={dn})(memberUid={username}))'),
+      admin_groups: stringList.default([]),
+      user_groups: stringList.default([]),
+      guest_groups: stringList.default([]),
+      start_tls: boolean.default(false),
+      timeout: duration.default('5s'),
+    })
+    .prefault({}),
   log: z
     .strictObject({
       level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
@@ -68,6 +114,10 @@ export interface Config extends RawConfig {
   dataDir: string;
   listen: { host: string; port: number };
   gracePeriodMs: number;
+  tokenTtlMs: number;
+  refreshTokenTtlMs: number;
+  failureWindowMs: number;
+  ldapTimeoutMs: number;
 }
 
 /** A configuration that failed validation; the message names every bad key. */
@@ -118,11 +168,21 @@ export function loadConfig(
     );
   }
 
+  if (config.auth.provider === 'ldap' && (config.ldap.url === '' || config.ldap.user_dn === '')) {
+    throw new ConfigError(
+      'invalid configuration: ldap.url and ldap.user_dn are required when auth.provider is "ldap" (MCR_LDAP_URL, MCR_LDAP_USER_DN)',
+    );
+  }
+
   return {
     ...config,
     dataDir: path.resolve(cwd, config.data_dir),
     listen: parseListenAddress(config.server.listen_addr) as { host: string; port: number },
     gracePeriodMs: parseDuration(config.gc.grace_period) as number,
+    tokenTtlMs: parseDuration(config.auth.token_ttl) as number,
+    refreshTokenTtlMs: parseDuration(config.auth.refresh_token_ttl) as number,
+    failureWindowMs: parseDuration(config.auth.failure_window) as number,
+    ldapTimeoutMs: parseDuration(config.ldap.timeout) as number,
   };
 }
 

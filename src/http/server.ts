@@ -1,14 +1,22 @@
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 
 import type { AccessControl } from '../auth/access.js';
 import type { Registry } from '../registry/index.js';
+import type { AuthServices } from '../app.js';
+import type { AuthDeps } from './auth.js';
 import { errorBody, sendError } from './errors.js';
+import { registerTokenEndpoint } from './token.js';
+import { registerV1 } from './v1/index.js';
 import { registerV2 } from './v2/index.js';
 
 export interface ServerOptions {
   registry: Registry;
   access: AccessControl;
+  auth: AuthDeps;
+  services: AuthServices;
+  tokenTtlMs: number;
+  refreshTokenTtlMs: number;
   log: Logger;
   externalUrl: string;
   https?: { cert: Buffer; key: Buffer };
@@ -21,7 +29,7 @@ export interface ServerOptions {
 export function buildServer(options: ServerOptions): FastifyInstance {
   const app = Fastify({
     loggerInstance: options.log,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     exposeHeadRoutes: false,
     return503OnClosing: true,
     requestTimeout: 0,
@@ -59,9 +67,17 @@ export function buildServer(options: ServerOptions): FastifyInstance {
       );
   });
 
+  registerTokenEndpoint(app, {
+    ...options.auth,
+    access: options.access,
+    tokenTtlMs: options.tokenTtlMs,
+    refreshTokenTtlMs: options.refreshTokenTtlMs,
+  });
+  void registerV1(app, options.services);
   registerV2(app, {
     registry: options.registry,
     access: options.access,
+    auth: options.auth,
     externalUrl: options.externalUrl,
   });
   return app;

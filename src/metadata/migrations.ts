@@ -1,4 +1,6 @@
-import { sql, type Kysely } from 'kysely';
+import { sql, type ColumnDefinitionBuilder, type Kysely } from 'kysely';
+
+import { DEFAULT_POLICY_RULES } from '../auth/default-policy.js';
 
 import type { Database } from './schema.js';
 
@@ -134,6 +136,83 @@ export const MIGRATIONS: Migration[] = [
         .addColumn('storage_key', 'text', (col) => col.notNull())
         .addColumn('started_at', 'bigint', (col) => col.notNull())
         .addColumn('updated_at', 'bigint', (col) => col.notNull())
+        .execute();
+    },
+  },
+  {
+    version: 2,
+    name: 'accounts, access tokens and policy rules',
+    async up(db, dialect) {
+      const id = idColumnType(dialect);
+      const primaryKey = (col: ColumnDefinitionBuilder) =>
+        dialect === 'sqlite' ? col.primaryKey().autoIncrement() : col.primaryKey();
+
+      await db.schema
+        .createTable('accounts')
+        .addColumn('id', id, primaryKey)
+        .addColumn('username', 'text', (col) => col.notNull().unique())
+        .addColumn('password_hash', 'text')
+        .addColumn('role', 'text', (col) => col.notNull())
+        .addColumn('kind', 'text', (col) => col.notNull())
+        .addColumn('provider', 'text', (col) => col.notNull())
+        .addColumn('disabled', 'integer', (col) => col.notNull().defaultTo(0))
+        .addColumn('created_at', 'bigint', (col) => col.notNull())
+        .addColumn('updated_at', 'bigint', (col) => col.notNull())
+        .execute();
+
+      await db.schema
+        .createTable('access_tokens')
+        .addColumn('id', id, primaryKey)
+        .addColumn('account_id', 'bigint', (col) =>
+          col.notNull().references('accounts.id').onDelete('cascade'),
+        )
+        .addColumn('name', 'text', (col) => col.notNull())
+        .addColumn('secret_sha256', 'text', (col) => col.notNull().unique())
+        .addColumn('scopes', 'text')
+        .addColumn('expires_at', 'bigint')
+        .addColumn('last_used_at', 'bigint')
+        .addColumn('revoked_at', 'bigint')
+        .addColumn('created_at', 'bigint', (col) => col.notNull())
+        .addUniqueConstraint('access_tokens_account_name', ['account_id', 'name'])
+        .execute();
+
+      await db.schema
+        .createTable('policy_rules')
+        .addColumn('id', id, primaryKey)
+        .addColumn('priority', 'integer', (col) => col.notNull())
+        .addColumn('effect', 'text', (col) => col.notNull())
+        .addColumn('description', 'text', (col) => col.notNull())
+        .addColumn('subjects', 'text', (col) => col.notNull())
+        .addColumn('actions', 'text', (col) => col.notNull())
+        .addColumn('repositories', 'text', (col) => col.notNull())
+        .addColumn('enabled', 'integer', (col) => col.notNull().defaultTo(1))
+        .addColumn('created_at', 'bigint', (col) => col.notNull())
+        .addColumn('updated_at', 'bigint', (col) => col.notNull())
+        .execute();
+
+      await db.schema
+        .createTable('auth_failures')
+        .addColumn('key', 'text', (col) => col.primaryKey())
+        .addColumn('window_start', 'bigint', (col) => col.notNull())
+        .addColumn('failures', 'integer', (col) => col.notNull())
+        .execute();
+
+      const now = Date.now();
+      await db
+        .insertInto('policy_rules')
+        .values(
+          DEFAULT_POLICY_RULES.map((rule) => ({
+            priority: rule.priority,
+            effect: rule.effect,
+            description: rule.description,
+            subjects: JSON.stringify(rule.subjects),
+            actions: JSON.stringify(rule.actions),
+            repositories: JSON.stringify(rule.repositories),
+            enabled: 1,
+            created_at: now,
+            updated_at: now,
+          })),
+        )
         .execute();
     },
   },

@@ -61,6 +61,55 @@ export interface UploadsTable {
   updated_at: EpochMs;
 }
 
+export interface AccountsTable {
+  id: Generated<number>;
+  username: string;
+  /** argon2id hash; null for accounts whose password an external provider checks. */
+  password_hash: string | null;
+  role: 'admin' | 'user' | 'guest';
+  kind: 'human' | 'system';
+  /** Identity provider that owns the account: 'local' or 'ldap'. */
+  provider: string;
+  disabled: number;
+  created_at: EpochMs;
+  updated_at: EpochMs;
+}
+
+export interface AccessTokensTable {
+  id: Generated<number>;
+  account_id: number;
+  name: string;
+  /** Hex SHA-256 of the secret; the secret itself is shown once and never stored. */
+  secret_sha256: string;
+  /** JSON array of actions the token may use, or null for all the account may do. */
+  scopes: string | null;
+  expires_at: EpochMs | null;
+  last_used_at: EpochMs | null;
+  revoked_at: EpochMs | null;
+  created_at: EpochMs;
+}
+
+export interface PolicyRulesTable {
+  id: Generated<number>;
+  priority: number;
+  effect: 'allow' | 'deny';
+  description: string;
+  /** JSON arrays. */
+  subjects: string;
+  actions: string;
+  repositories: string;
+  enabled: number;
+  created_at: EpochMs;
+  updated_at: EpochMs;
+}
+
+/** Failed logins per key ("account:NAME" or "address:IP") within the current window. */
+export interface AuthFailuresTable {
+  key: string;
+  window_start: EpochMs;
+  failures: number;
+}
+
 export interface SchemaMigrationsTable {
   version: number;
   name: string;
@@ -75,5 +124,9 @@ export interface Database {
   manifest_references: ManifestReferencesTable;
   tags: TagsTable;
   uploads: UploadsTable;
+  accounts: AccountsTable;
+  access_tokens: AccessTokensTable;
+  policy_rules: PolicyRulesTable;
+  auth_failures: AuthFailuresTable;
   schema_migrations: SchemaMigrationsTable;
 }

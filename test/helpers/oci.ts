@@ -19,11 +19,20 @@ export const DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+
 export const DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
 export const DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json';
 
+/** Anything that sends authenticated requests to a registry, such as a TestServer. */
+export interface RegistryClient {
+  fetch(target: string, init?: RequestInit): Promise<Response>;
+}
+
 /** Pushes a blob in one request (POST with digest); returns its digest. */
-export async function pushBlob(base: string, name: string, data: Buffer | string): Promise<string> {
+export async function pushBlob(
+  client: RegistryClient,
+  name: string,
+  data: Buffer | string,
+): Promise<string> {
   const bytes = Buffer.from(data);
   const digest = sha256(bytes);
-  const response = await fetch(`${base}/v2/${name}/blobs/uploads/?digest=${digest}`, {
+  const response = await client.fetch(`/v2/${name}/blobs/uploads/?digest=${digest}`, {
     method: 'POST',
     body: bytes,
     headers: { 'Content-Type': 'application/octet-stream' },
@@ -47,7 +56,7 @@ export function descriptor(mediaType: string, data: Buffer | string) {
  * returns the manifest's bytes and digest.
  */
 export async function pushImage(
-  base: string,
+  client: RegistryClient,
   name: string,
   reference: string,
   options: {
@@ -63,8 +72,8 @@ export async function pushImage(
     rootfs: { type: 'layers', diff_ids: [] },
   });
   const layer = options.layer ?? `layer of ${name}:${reference} ${Math.random()}`;
-  const configDigest = await pushBlob(base, name, config);
-  const layerDigest = await pushBlob(base, name, layer);
+  const configDigest = await pushBlob(client, name, config);
+  const layerDigest = await pushBlob(client, name, layer);
   const manifest: Record<string, unknown> = {
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
@@ -74,7 +83,7 @@ export async function pushImage(
   if (options.artifactType) manifest.artifactType = options.artifactType;
   if (options.subject) manifest.subject = options.subject;
   const body = Buffer.from(JSON.stringify(manifest));
-  const response = await fetch(`${base}/v2/${name}/manifests/${reference}`, {
+  const response = await client.fetch(`/v2/${name}/manifests/${reference}`, {
     method: 'PUT',
     body,
     headers: { 'Content-Type': OCI_MANIFEST },

@@ -11,6 +11,15 @@ export const MCR_ENTRY = path.resolve(
   '../../src/cli/mcr.js',
 );
 
+/** The first admin account every test server starts with. */
+export const ADMIN_USER = 'admin';
+export const ADMIN_PASSWORD = 'test-admin-password';
+
+/** An Authorization header value for Basic credentials. */
+export function basicAuth(username: string, password: string): string {
+  return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
+}
+
 /** A real mcr process on a loopback port with its own data directory. */
 export interface TestServer {
   /** Base URL, for example http://127.0.0.1:41234 */
@@ -20,6 +29,13 @@ export interface TestServer {
   port: number;
   dataDir: string;
   process: ChildProcess;
+  /** `admin:password`, for a client's --creds option. */
+  creds: string;
+  /**
+   * Sends a request as the admin account (Basic credentials). `target` is a
+   * path such as /v2/ or a full URL on this server.
+   */
+  fetch(target: string, init?: RequestInit): Promise<Response>;
   /** Every JSON log line the server printed so far. */
   logs: Array<Record<string, unknown>>;
   /** Stops the server with SIGTERM and waits for it to exit. */
@@ -47,6 +63,7 @@ export async function startServer(options: StartOptions = {}): Promise<TestServe
       MCR_DATA_DIR: dataDir,
       MCR_SERVER_LISTEN_ADDR: `127.0.0.1:${options.port ?? 0}`,
       MCR_LOG_LEVEL: 'info',
+      MCR_ADMIN_PASSWORD: ADMIN_PASSWORD,
       ...options.env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -90,8 +107,16 @@ export async function startServer(options: StartOptions = {}): Promise<TestServe
     await exited;
   };
 
+  const url = `http://127.0.0.1:${port}`;
+  const authorization = basicAuth(ADMIN_USER, ADMIN_PASSWORD);
   return {
-    url: `http://127.0.0.1:${port}`,
+    url,
+    creds: `${ADMIN_USER}:${ADMIN_PASSWORD}`,
+    fetch(target, init = {}) {
+      const headers = new Headers(init.headers);
+      if (!headers.has('authorization')) headers.set('authorization', authorization);
+      return fetch(target.startsWith('http') ? target : `${url}${target}`, { ...init, headers });
+    },
     host: `127.0.0.1:${port}`,
     port,
     dataDir,

@@ -1,10 +1,11 @@
 import { parseDigest } from '../../registry/digest.js';
 import { RegistryError } from '../../registry/errors.js';
-import { authorize, type V2Call } from './context.js';
+import { authorize, authorizeAny, type V2Call } from './context.js';
 
 /** GET and HEAD /v2/NAME/blobs/DIGEST, with single byte ranges. */
 export async function getBlob(call: V2Call, name: string, digestParam: string): Promise<void> {
-  await authorize(call, name, 'pull');
+  // A pusher checks with HEAD whether a blob exists, so push permits HEAD.
+  await authorizeAny(call, name, call.request.method === 'HEAD' ? ['pull', 'push'] : ['pull']);
   const digest = parseDigest(digestParam);
   const blob = await call.deps.registry.blobs.stat(name, digest);
 

@@ -2,12 +2,14 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 
 import type { AccessControl, Action, Caller } from '../../auth/access.js';
 import { RegistryError } from '../../registry/errors.js';
+import { unauthorized, type AuthDeps } from '../auth.js';
 import type { Registry } from '../../registry/index.js';
 
 /** What the /v2/ handlers share. */
 export interface V2Deps {
   registry: Registry;
   access: AccessControl;
+  auth: AuthDeps;
   /** Public base URL for Location headers; relative locations when empty. */
   externalUrl: string;
 }
@@ -23,22 +25,61 @@ export interface V2Call {
 
 /**
  * Authorizes an operation through the single access-control decision. Every
- * /v2/ handler calls this before touching the registry core.
+ * /v2/ handler calls this (or authorizeAny) before touching the registry core.
  */
 export async function authorize(
   call: V2Call,
   repository: string | null,
   action: Action,
 ): Promise<void> {
-  if (await call.deps.access.decide(call.caller, repository, action)) return;
+  await authorizeAny(call, repository, [action]);
+}
+
+/**
+ * Authorizes an operation that any one of `actions` permits. A refusal is 401
+ * with a challenge when a new token could help (an anonymous caller, or a
+ * bearer token without the scope that the policy would grant), and 403
+ * otherwise.
+ */
+export async function authorizeAny(
+  call: V2Call,
+  repository: string | null,
+  actions: Action[],
+): Promise<void> {
+  const { access, auth } = call.deps;
+  for (const action of actions) {
+    if (await access.decide(call.caller, repository, action)) return;
+  }
+
+  const scope = challengeScope(repository, actions);
+  if (call.caller.username === undefined && !call.caller.grants) {
+    throw unauthorized(call.request, auth, 'authentication required', scope);
+  }
+  if (call.caller.grants) {
+    for (const action of actions) {
+      if (await access.policyAllows(call.caller, repository, action)) {
+        throw unauthorized(call.request, auth, `token lacks ${scope}`, scope, 'insufficient_scope');
+      }
+    }
+  }
   if (call.caller.username === undefined) {
-    throw new RegistryError('UNAUTHORIZED', 'authentication required');
+    throw unauthorized(call.request, auth, 'authentication required', scope);
   }
   throw new RegistryError(
     'DENIED',
-    `${call.caller.username} may not ${action}${repository ? ` ${repository}` : ''}`,
-    { detail: repository ? { repository, action } : { action } },
+    `${call.caller.username} may not ${actions.join(' or ')}${repository ? ` ${repository}` : ''}`,
+    { detail: repository ? { repository, actions } : { actions } },
   );
+}
+
+/**
+ * The scope a client must ask for, named after the first (preferred) action.
+ * A push asks for pull too, as the reference registry does.
+ */
+function challengeScope(repository: string | null, actions: Action[]): string {
+  if (repository === null) return 'registry:catalog:*';
+  const wanted = actions[0] === 'push' ? ['pull', 'push'] : [actions[0] as string];
+  return `repository:${repository}:${wanted.join(',')}`;
 }
 
 /** Builds a Location header value for a path under /v2/. */

@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
 import { RegistryError } from '../../registry/errors.js';
 import { validateRepositoryName } from '../../registry/index.js';
+import { authenticate, unauthorized } from '../auth.js';
 import { sendError } from '../errors.js';
 import { deleteBlob, getBlob } from './blobs.js';
 import type { V2Call, V2Deps } from './context.js';
@@ -29,6 +30,7 @@ export function registerV2(app: FastifyInstance, deps: V2Deps): void {
       query: new URLSearchParams(queryStart === -1 ? '' : request.url.slice(queryStart + 1)),
     };
     try {
+      call.caller = await authenticate(request, deps.auth);
       await dispatch(call, parseV2Path(pathname));
     } catch (error) {
       sendError(request, reply, error);
@@ -47,6 +49,11 @@ async function dispatch(call: V2Call, route: V2Route | undefined): Promise<void>
 
   if (route.kind === 'base') {
     if (method !== 'GET' && method !== 'HEAD') throw unsupported(method, '/v2/');
+    // Anonymous callers are challenged here even when a policy grants them
+    // something, so that clients start the token flow.
+    if (call.caller.username === undefined && !call.caller.grants) {
+      throw unauthorized(call.request, call.deps.auth, 'authentication required');
+    }
     call.reply.code(200).type('application/json').send('{}');
     return;
   }

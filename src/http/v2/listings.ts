@@ -28,7 +28,7 @@ export async function listCatalog(call: V2Call): Promise<void> {
   const limit = Math.min(pageSize(call) ?? DEFAULT_CATALOG_PAGE, MAX_PAGE_SIZE);
   const last = call.query.get('last') ?? undefined;
   const page = await call.deps.registry.listings.catalog(limit, last, (repository) =>
-    call.deps.access.decide(call.caller, repository, 'pull'),
+    call.deps.access.policyAllows(call.caller, repository, 'pull'),
   );
 
   if (page.next !== undefined)

@@ -1,10 +1,11 @@
 import { RegistryError } from '../../registry/errors.js';
 import { MAX_MANIFEST_SIZE, parseReference, type Reference } from '../../registry/index.js';
-import { authorize, location, namePath, type V2Call } from './context.js';
+import { authorize, authorizeAny, location, namePath, type V2Call } from './context.js';
 
 /** GET and HEAD /v2/NAME/manifests/REF. */
 export async function getManifest(call: V2Call, name: string, ref: string): Promise<void> {
-  await authorize(call, name, 'pull');
+  // A pusher checks with HEAD whether a manifest exists, so push permits HEAD.
+  await authorizeAny(call, name, call.request.method === 'HEAD' ? ['pull', 'push'] : ['pull']);
   const reference = lookupReference(name, ref);
   const manifest = await call.deps.registry.manifests.get(name, reference);
 

@@ -1,0 +1,154 @@
+import { createHash } from 'node:crypto';
+
+import type { Logger } from 'pino';
+
+import type { Account, Accounts } from './accounts.js';
+import { TOKEN_PREFIX, type AccessTokens } from './access-tokens.js';
+import type { IdentityProvider } from './identity.js';
+import { verifyPassword } from './passwords.js';
+import type { PolicyAction } from './policy.js';
+import { ThrottledError, type LoginThrottle } from './throttle.js';
+
+/** The result of a successful login: the account and, for an access token, its limits. */
+export interface Principal {
+  account: Account;
+  /** Actions an access token is limited to; null when a password or an unlimited token was used. */
+  tokenScopes: PolicyAction[] | null;
+  /** The kind of credential the caller presented. */
+  method: 'password' | 'access-token';
+  /** When the credential stops working, for an expiring access token. */
+  expiresAt?: number;
+}
+
+/** A login that failed; `reason` is for logs and never reaches the client in detail. */
+export class LoginError extends Error {
+  constructor(readonly reason: 'invalid-credentials' | 'disabled' | 'provider-failed') {
+    super('invalid username or password');
+    this.name = 'LoginError';
+  }
+}
+
+export { ThrottledError } from './throttle.js';
+
+/**
+ * How long a verified password or token is remembered, so that a client
+ * sending Basic credentials on every request does not pay for argon2 each
+ * time. Disabling an account or revoking a token through this process drops
+ * the entry at once; other processes notice within this time.
+ */
+const CREDENTIAL_CACHE_MS = 30_000;
+const CREDENTIAL_CACHE_MAX = 10_000;
+
+/** Checks usernames with passwords or access tokens, with throttling and a short cache. */
+export class Authenticator {
+  private readonly cache = new Map<
+    string,
+    {
+      accountId: number;
+      tokenScopes: PolicyAction[] | null;
+      method: Principal['method'];
+      expiresAt: number;
+    }
+  >();
+
+  constructor(
+    private readonly accounts: Accounts,
+    private readonly tokens: AccessTokens,
+    private readonly provider: IdentityProvider | undefined,
+    private readonly throttle: LoginThrottle,
+    private readonly log: Logger,
+  ) {
+    accounts.onChange = (accountId) => this.forgetAccount(accountId);
+  }
+
+  /**
+   * Logs a caller in with a username and a password or access token. Throws
+   * ThrottledError after too many failures and LoginError for anything else
+   * that is wrong.
+   */
+  async login(username: string, secret: string, address: string): Promise<Principal> {
+    const cacheKey = createHash('sha256').update(`${username}\0${secret}`).digest('hex');
+    const cached = this.cache.get(cacheKey);
+    if (cached && cached.expiresAt > Date.now()) {
+      const account = await this.accounts.findById(cached.accountId);
+      if (account && !account.disabled && account.username === username) {
+        return { account, tokenScopes: cached.tokenScopes, method: cached.method };
+      }
+      this.cache.delete(cacheKey);
+    }
+
+    await this.throttle.check(username, address);
+
+    let principal: Principal;
+    try {
+      principal = await this.verify(username, secret);
+    } catch (error) {
+      if (!(error instanceof LoginError)) throw error;
+      await this.throttle.recordFailure(username, address);
+      this.log.warn({ account: username, client: address, reason: error.reason }, 'login failed');
+      throw error;
+    }
+
+    await this.throttle.recordSuccess(username);
+    if (this.cache.size >= CREDENTIAL_CACHE_MAX) this.cache.clear();
+    this.cache.set(cacheKey, {
+      accountId: principal.account.id,
+      tokenScopes: principal.tokenScopes,
+      method: principal.method,
+      expiresAt: Math.min(Date.now() + CREDENTIAL_CACHE_MS, principal.expiresAt ?? Infinity),
+    });
+    return principal;
+  }
+
+  /** Drops every remembered login of an account (after it is changed or a token revoked). */
+  forgetAccount(accountId: number): void {
+    for (const [key, entry] of this.cache) {
+      if (entry.accountId === accountId) this.cache.delete(key);
+    }
+  }
+
+  private async verify(username: string, secret: string): Promise<Principal> {
+    if (secret.startsWith(TOKEN_PREFIX)) {
+      const found = await this.tokens.verify(secret);
+      if (!found || found.account.username !== username) {
+        throw new LoginError('invalid-credentials');
+      }
+      return {
+        account: found.account,
+        tokenScopes: found.token.scopes,
+        method: 'access-token',
+        expiresAt: found.token.expiresAt ?? undefined,
+      };
+    }
+
+    // Local accounts with a password (the first admin among them) always log
+    // in locally, so a directory outage cannot lock the operator out.
+    const local = await this.accounts.passwordHash(username);
+    if (local && local.hash !== null) {
+      if (!(await verifyPassword(local.hash, secret))) throw new LoginError('invalid-credentials');
+      if (local.account.disabled) throw new LoginError('disabled');
+      return { account: local.account, tokenScopes: null, method: 'password' };
+    }
+
+    if (!this.provider) throw new LoginError('invalid-credentials');
+    let identity;
+    try {
+      identity = await this.provider.authenticate(username, secret);
+    } catch (error) {
+      this.log.error(
+        { err: error, provider: this.provider.name, account: username },
+        'identity provider failed',
+      );
+      throw new LoginError('provider-failed');
+    }
+    if (!identity) throw new LoginError('invalid-credentials');
+    if (local?.account.disabled) throw new LoginError('disabled');
+    const account = await this.accounts.upsertExternal(identity, this.provider.name);
+    return { account, tokenScopes: null, method: 'password' };
+  }
+}
+
+/** Reports whether a login failure was caused by throttling. */
+export function isThrottled(error: unknown): error is ThrottledError {
+  return error instanceof ThrottledError;
+}

@@ -1,0 +1,124 @@
+import { createHash, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+
+import { jwtVerify, SignJWT } from 'jose';
+
+/** One entry of a token's `access` claim, as the Docker token specification defines it. */
+export interface AccessEntry {
+  type: string;
+  name: string;
+  actions: string[];
+}
+
+/** The claims mcr reads back from its own tokens. */
+export interface VerifiedToken {
+  subject: string | undefined;
+  access: AccessEntry[];
+  expiresAt: number;
+}
+
+interface SigningKey {
+  kid: string;
+  privateKey: KeyObject;
+  publicKey: KeyObject;
+  createdAt: number;
+}
+
+/**
+ * Issues and verifies the registry's JWTs, signed with Ed25519 keys kept as
+ * PEM files (mode 0600) in `<data_dir>/keys`. New tokens are signed with the
+ * newest key; tokens signed with any key still in the folder verify, so a key
+ * is rotated by adding a new file and removing the old one after the longest
+ * token lifetime.
+ */
+export class TokenIssuer {
+  private readonly keys = new Map<string, SigningKey>();
+  private current: SigningKey;
+
+  constructor(
+    keysDir: string,
+    private readonly issuer: string,
+  ) {
+    mkdirSync(keysDir, { recursive: true, mode: 0o700 });
+    for (const file of readdirSync(keysDir).filter((name) => name.endsWith('.pem'))) {
+      const fullPath = path.join(keysDir, file);
+      const privateKey = createPrivateKey(readFileSync(fullPath));
+      if (privateKey.asymmetricKeyType !== 'ed25519') continue;
+      this.add(privateKey, statSync(fullPath).mtimeMs);
+    }
+    if (this.keys.size === 0) {
+      const { privateKey } = generateKeyPairSync('ed25519');
+      const key = this.add(privateKey, Date.now());
+      writeFileSync(
+        path.join(keysDir, `${key.kid}.pem`),
+        privateKey.export({ type: 'pkcs8', format: 'pem' }),
+        { mode: 0o600 },
+      );
+    }
+    this.current = [...this.keys.values()].sort(
+      (a, b) => b.createdAt - a.createdAt,
+    )[0] as SigningKey;
+  }
+
+  /** The key id new tokens carry in their header. */
+  get keyId(): string {
+    return this.current.kid;
+  }
+
+  private add(privateKey: KeyObject, createdAt: number): SigningKey {
+    const publicKey = createPublicKey(privateKey);
+    const der = publicKey.export({ type: 'spki', format: 'der' });
+    const kid = createHash('sha256').update(der).digest('base64url').slice(0, 16);
+    const key = { kid, privateKey, publicKey, createdAt };
+    this.keys.set(kid, key);
+    return key;
+  }
+
+  /** Signs a token for `audience` (the service) granting `access`. */
+  async issue(options: {
+    subject: string | undefined;
+    audience: string;
+    access: AccessEntry[];
+    ttlMs: number;
+    kind?: 'access' | 'refresh';
+  }): Promise<{ token: string; issuedAt: Date; expiresIn: number }> {
+    const issuedAt = new Date();
+    const expiresIn = Math.max(1, Math.floor(options.ttlMs / 1000));
+    const jwt = new SignJWT({ access: options.access, kind: options.kind ?? 'access' })
+      .setProtectedHeader({ alg: 'EdDSA', kid: this.current.kid, typ: 'JWT' })
+      .setIssuer(this.issuer)
+      .setAudience(options.audience)
+      .setIssuedAt(Math.floor(issuedAt.getTime() / 1000))
+      .setNotBefore(Math.floor(issuedAt.getTime() / 1000) - 5)
+      .setExpirationTime(Math.floor(issuedAt.getTime() / 1000) + expiresIn)
+      .setJti(randomUUID());
+    if (options.subject !== undefined) jwt.setSubject(options.subject);
+    return { token: await jwt.sign(this.current.privateKey), issuedAt, expiresIn };
+  }
+
+  /** Verifies signature, issuer, audience and lifetime; returns undefined for any failure. */
+  async verify(
+    token: string,
+    audience: string,
+    kind: 'access' | 'refresh' = 'access',
+  ): Promise<VerifiedToken | undefined> {
+    try {
+      const { payload } = await jwtVerify(
+        token,
+        async (header) => {
+          const key = this.keys.get(header.kid ?? '');
+          if (!key) throw new Error(`unknown key id ${header.kid}`);
+          return key.publicKey;
+        },
+        { issuer: this.issuer, audience, algorithms: ['EdDSA'] },
+      );
+      if ((payload.kind ?? 'access') !== kind) return undefined;
+      const access = Array.isArray(payload.access) ? (payload.access as AccessEntry[]) : [];
+      return { subject: payload.sub, access, expiresAt: (payload.exp ?? 0) * 1000 };
+    } catch {
+      return undefined;
+    }
+  }
+}

@@ -1,0 +1,197 @@
+import type { FastifyInstance } from 'fastify';
+
+import type { AuthServices } from '../../app.js';
+import type { AccessToken } from '../../auth/access-tokens.js';
+import type { Account } from '../../auth/accounts.js';
+import { ACCOUNT_KINDS, ROLES } from '../../auth/identity.js';
+import { POLICY_ACTIONS } from '../../auth/policy.js';
+import { ApiError, apiCaller, requireAdmin, sendJson } from './context.js';
+
+const usernameParam = {
+  type: 'object',
+  properties: { name: { type: 'string', maxLength: 64 } },
+  required: ['name'],
+} as const;
+
+const createAccountBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['username', 'role', 'kind'],
+  properties: {
+    username: { type: 'string', minLength: 1, maxLength: 64 },
+    password: { type: 'string', minLength: 1, maxLength: 1024 },
+    role: { type: 'string', enum: [...ROLES] },
+    kind: { type: 'string', enum: [...ACCOUNT_KINDS] },
+  },
+} as const;
+
+const updateAccountBody = {
+  type: 'object',
+  additionalProperties: false,
+  minProperties: 1,
+  properties: {
+    password: { type: 'string', minLength: 1, maxLength: 1024 },
+    role: { type: 'string', enum: [...ROLES] },
+    kind: { type: 'string', enum: [...ACCOUNT_KINDS] },
+    disabled: { type: 'boolean' },
+  },
+} as const;
+
+const createTokenBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name'],
+  properties: {
+    name: { type: 'string', minLength: 1, maxLength: 64 },
+    expires_at: { type: 'string', format: 'date-time' },
+    scopes: {
+      type: 'array',
+      items: { type: 'string', enum: [...POLICY_ACTIONS] },
+      uniqueItems: true,
+    },
+  },
+} as const;
+
+/** Renders an account for the API; the password hash never leaves the store. */
+export function accountJson(account: Account) {
+  return {
+    username: account.username,
+    role: account.role,
+    kind: account.kind,
+    provider: account.provider,
+    disabled: account.disabled,
+    created_at: new Date(account.createdAt).toISOString(),
+    updated_at: new Date(account.updatedAt).toISOString(),
+  };
+}
+
+function tokenJson(token: AccessToken) {
+  const iso = (time: number | null) => (time === null ? null : new Date(time).toISOString());
+  return {
+    id: token.id,
+    name: token.name,
+    scopes: token.scopes,
+    expires_at: iso(token.expiresAt),
+    last_used_at: iso(token.lastUsedAt),
+    revoked_at: iso(token.revokedAt),
+    created_at: iso(token.createdAt),
+  };
+}
+
+/** Registers /v1/accounts and /v1/accounts/{name}/tokens. */
+export function registerAccountRoutes(app: FastifyInstance, auth: AuthServices): void {
+  app.get('/v1/accounts', async (request, reply) => {
+    requireAdmin(await apiCaller(request, auth));
+    sendJson(reply, 200, { accounts: (await auth.accounts.list()).map(accountJson) });
+  });
+
+  app.post<{
+    Body: {
+      username: string;
+      password?: string;
+      role: 'admin' | 'user' | 'guest';
+      kind: 'human' | 'system';
+    };
+  }>('/v1/accounts', { schema: { body: createAccountBody } }, async (request, reply) => {
+    requireAdmin(await apiCaller(request, auth));
+    const account = await auth.accounts.create(request.body);
+    sendJson(reply, 201, accountJson(account));
+  });
+
+  app.get<{ Params: { name: string } }>(
+    '/v1/accounts/:name',
+    { schema: { params: usernameParam } },
+    async (request, reply) => {
+      const caller = await apiCaller(request, auth);
+      if (caller.username !== request.params.name) requireAdmin(caller);
+      const account = await auth.accounts.findByName(request.params.name);
+      if (!account) throw new ApiError(404, `account ${request.params.name} not found`);
+      sendJson(reply, 200, accountJson(account));
+    },
+  );
+
+  app.patch<{
+    Params: { name: string };
+    Body: {
+      password?: string;
+      role?: 'admin' | 'user' | 'guest';
+      kind?: 'human' | 'system';
+      disabled?: boolean;
+    };
+  }>(
+    '/v1/accounts/:name',
+    { schema: { params: usernameParam, body: updateAccountBody } },
+    async (request, reply) => {
+      requireAdmin(await apiCaller(request, auth));
+      const account = await auth.accounts.update(request.params.name, request.body);
+      sendJson(reply, 200, accountJson(account));
+    },
+  );
+
+  app.delete<{ Params: { name: string } }>(
+    '/v1/accounts/:name',
+    { schema: { params: usernameParam } },
+    async (request, reply) => {
+      const caller = await apiCaller(request, auth);
+      requireAdmin(caller);
+      if (caller.username === request.params.name) {
+        throw new ApiError(409, 'an administrator cannot delete their own account');
+      }
+      await auth.accounts.delete(request.params.name);
+      reply.code(204).send();
+    },
+  );
+
+  // Account holders manage their own tokens; administrators manage anyone's.
+  app.get<{ Params: { name: string } }>(
+    '/v1/accounts/:name/tokens',
+    { schema: { params: usernameParam } },
+    async (request, reply) => {
+      const caller = await apiCaller(request, auth);
+      if (caller.username !== request.params.name) requireAdmin(caller);
+      if (!(await auth.accounts.findByName(request.params.name))) {
+        throw new ApiError(404, `account ${request.params.name} not found`);
+      }
+      sendJson(reply, 200, {
+        tokens: (await auth.tokens.list(request.params.name)).map(tokenJson),
+      });
+    },
+  );
+
+  app.post<{
+    Params: { name: string };
+    Body: { name: string; expires_at?: string; scopes?: Array<(typeof POLICY_ACTIONS)[number]> };
+  }>(
+    '/v1/accounts/:name/tokens',
+    { schema: { params: usernameParam, body: createTokenBody } },
+    async (request, reply) => {
+      const caller = await apiCaller(request, auth);
+      if (caller.username !== request.params.name) requireAdmin(caller);
+      const { token, secret } = await auth.tokens.create(request.params.name, {
+        name: request.body.name,
+        expiresAt: request.body.expires_at ? Date.parse(request.body.expires_at) : null,
+        scopes: request.body.scopes ?? null,
+      });
+      sendJson(reply, 201, { ...tokenJson(token), secret });
+    },
+  );
+
+  app.delete<{ Params: { name: string; id: number } }>(
+    '/v1/accounts/:name/tokens/:id',
+    {
+      schema: {
+        params: {
+          type: 'object',
+          properties: { name: { type: 'string' }, id: { type: 'integer', minimum: 1 } },
+          required: ['name', 'id'],
+        },
+      },
+    },
+    async (request, reply) => {
+      const caller = await apiCaller(request, auth);
+      if (caller.username !== request.params.name) requireAdmin(caller);
+      const token = await auth.tokens.revoke(request.params.name, request.params.id);
+      sendJson(reply, 200, tokenJson(token));
+    },
+  );
+}

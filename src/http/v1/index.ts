@@ -1,0 +1,56 @@
+import type { FastifyInstance } from 'fastify';
+
+import type { AuthServices } from '../../app.js';
+import { AccountError } from '../../auth/accounts.js';
+import { PolicyValidationError } from '../../auth/policy.js';
+import { registerAccountRoutes } from './accounts.js';
+import { ApiError } from './context.js';
+import { registerPolicyRoutes } from './policies.js';
+
+const ACCOUNT_ERROR_STATUS = { invalid: 400, conflict: 409, not_found: 404 } as const;
+
+/**
+ * Registers the admin API under /v1 in its own encapsulated context, which
+ * parses JSON bodies (the /v2/ API streams its bodies unparsed).
+ */
+export async function registerV1(app: FastifyInstance, auth: AuthServices): Promise<void> {
+  await app.register(async (v1) => {
+    v1.addContentTypeParser(
+      'application/json',
+      { parseAs: 'string', bodyLimit: 1024 * 1024 },
+      (_request, body, done) => {
+        try {
+          done(null, body === '' ? {} : JSON.parse(body as string));
+        } catch {
+          done(new ApiError(400, 'request body is not valid JSON'), undefined);
+        }
+      },
+    );
+
+    v1.setErrorHandler((error, request, reply) => {
+      const send = (status: number, message: string, headers: Record<string, string> = {}) =>
+        reply
+          .code(status)
+          .headers(headers)
+          .type('application/json')
+          .send(JSON.stringify({ error: message }));
+
+      if (error instanceof ApiError) return send(error.status, error.message, error.headers);
+      if (error instanceof AccountError) {
+        return send(ACCOUNT_ERROR_STATUS[error.reason], error.message);
+      }
+      if (error instanceof PolicyValidationError) return send(400, error.message);
+      const fastifyError = error as { validation?: unknown; statusCode?: number; message: string };
+      if (fastifyError.validation) return send(400, `invalid request: ${fastifyError.message}`);
+      if (fastifyError.statusCode === 415) return send(415, 'send the body as application/json');
+      if (fastifyError.statusCode !== undefined && fastifyError.statusCode < 500) {
+        return send(fastifyError.statusCode, fastifyError.message);
+      }
+      request.log.error({ err: error }, 'admin API request failed');
+      return send(500, 'internal server error; the registry log has the details');
+    });
+
+    registerAccountRoutes(v1, auth);
+    registerPolicyRoutes(v1, auth);
+  });
+}
