@@ -216,6 +216,75 @@ export const MIGRATIONS: Migration[] = [
         .execute();
     },
   },
+  {
+    version: 3,
+    name: 'sessions, audit events, garbage collection runs and locks',
+    async up(db, dialect) {
+      const id = idColumnType(dialect);
+      const primaryKey = (col: ColumnDefinitionBuilder) =>
+        dialect === 'sqlite' ? col.primaryKey().autoIncrement() : col.primaryKey();
+
+      await db.schema
+        .createTable('sessions')
+        .addColumn('id', id, primaryKey)
+        .addColumn('account_id', 'bigint', (col) =>
+          col.notNull().references('accounts.id').onDelete('cascade'),
+        )
+        .addColumn('secret_sha256', 'text', (col) => col.notNull().unique())
+        .addColumn('created_at', 'bigint', (col) => col.notNull())
+        .addColumn('expires_at', 'bigint', (col) => col.notNull())
+        .addColumn('last_used_at', 'bigint', (col) => col.notNull())
+        .execute();
+
+      await db.schema
+        .createTable('audit_events')
+        .addColumn('id', id, primaryKey)
+        .addColumn('time', 'bigint', (col) => col.notNull())
+        .addColumn('type', 'text', (col) => col.notNull())
+        .addColumn('actor', 'text')
+        .addColumn('client_address', 'text')
+        .addColumn('repository', 'text')
+        .addColumn('reference', 'text')
+        .addColumn('digest', 'text')
+        .addColumn('outcome', 'text', (col) => col.notNull())
+        .addColumn('details', 'text', (col) => col.notNull())
+        .addColumn('previous_hash', 'text', (col) => col.notNull())
+        .addColumn('hash', 'text', (col) => col.notNull())
+        .execute();
+      await db.schema.createIndex('audit_events_time').on('audit_events').column('time').execute();
+      await db.schema
+        .createIndex('audit_events_type_time')
+        .on('audit_events')
+        .columns(['type', 'time'])
+        .execute();
+
+      await db.schema
+        .createTable('gc_runs')
+        .addColumn('id', id, primaryKey)
+        .addColumn('trigger', 'text', (col) => col.notNull())
+        .addColumn('state', 'text', (col) => col.notNull())
+        .addColumn('dry_run', 'integer', (col) => col.notNull())
+        .addColumn('started_at', 'bigint', (col) => col.notNull())
+        .addColumn('finished_at', 'bigint')
+        .addColumn('progress', 'text', (col) => col.notNull())
+        .addColumn('blobs_deleted', 'bigint', (col) => col.notNull().defaultTo(0))
+        .addColumn('bytes_freed', 'bigint', (col) => col.notNull().defaultTo(0))
+        .addColumn('manifests_deleted', 'bigint', (col) => col.notNull().defaultTo(0))
+        .addColumn('uploads_deleted', 'bigint', (col) => col.notNull().defaultTo(0))
+        .addColumn('error', 'text')
+        .execute();
+
+      await db.schema
+        .createTable('locks')
+        .addColumn('name', 'text', (col) => col.primaryKey())
+        .addColumn('holder', 'text', (col) => col.notNull())
+        .addColumn('acquired_at', 'bigint', (col) => col.notNull())
+        .addColumn('expires_at', 'bigint', (col) => col.notNull())
+        .execute();
+
+      await db.schema.createIndex('blobs_created').on('blobs').column('created_at').execute();
+    },
+  },
 ];
 
 /**

@@ -110,6 +110,61 @@ export interface AuthFailuresTable {
   failures: number;
 }
 
+/** A session token of the CLI or web UI; only its SHA-256 is stored. */
+export interface SessionsTable {
+  id: Generated<number>;
+  account_id: number;
+  secret_sha256: string;
+  created_at: EpochMs;
+  expires_at: EpochMs;
+  last_used_at: EpochMs;
+}
+
+/**
+ * One audit event. `hash` is the SHA-256 of the previous row's hash and this
+ * row's fields, so editing or removing a row breaks the chain after it.
+ */
+export interface AuditEventsTable {
+  id: Generated<number>;
+  time: EpochMs;
+  type: string;
+  actor: string | null;
+  client_address: string | null;
+  repository: string | null;
+  reference: string | null;
+  digest: string | null;
+  outcome: 'success' | 'failure' | 'denied';
+  /** JSON object. */
+  details: string;
+  previous_hash: string;
+  hash: string;
+}
+
+export interface GcRunsTable {
+  id: Generated<number>;
+  /** What started the run: 'api', 'cli', 'schedule'. */
+  trigger: string;
+  state: 'running' | 'succeeded' | 'failed';
+  dry_run: number;
+  started_at: EpochMs;
+  finished_at: EpochMs | null;
+  /** Phase and counters while running, as JSON. */
+  progress: string;
+  blobs_deleted: number;
+  bytes_freed: number;
+  manifests_deleted: number;
+  uploads_deleted: number;
+  error: string | null;
+}
+
+/** Named locks that hold across processes, such as the single GC run. */
+export interface LocksTable {
+  name: string;
+  holder: string;
+  acquired_at: EpochMs;
+  expires_at: EpochMs;
+}
+
 export interface SchemaMigrationsTable {
   version: number;
   name: string;
@@ -128,5 +183,9 @@ export interface Database {
   access_tokens: AccessTokensTable;
   policy_rules: PolicyRulesTable;
   auth_failures: AuthFailuresTable;
+  sessions: SessionsTable;
+  audit_events: AuditEventsTable;
+  gc_runs: GcRunsTable;
+  locks: LocksTable;
   schema_migrations: SchemaMigrationsTable;
 }
