@@ -2,8 +2,10 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
 import type { FastifyInstance } from 'fastify';
+import { sql } from 'kysely';
 import type { Logger } from 'pino';
 
+import { AuditLog } from './audit/log.js';
 import { AccessTokens } from './auth/access-tokens.js';
 import { PolicyAccessControl } from './auth/access.js';
 import { Accounts } from './auth/accounts.js';
@@ -12,6 +14,7 @@ import type { IdentityProvider } from './auth/identity.js';
 import { TokenIssuer } from './auth/jwt.js';
 import { LdapIdentityProvider } from './auth/ldap.js';
 import { PolicyStore } from './auth/policy.js';
+import { Sessions } from './auth/sessions.js';
 import { LoginThrottle } from './auth/throttle.js';
 import type { Config } from './config/index.js';
 import { buildServer } from './http/server.js';
@@ -29,6 +32,8 @@ export interface AuthServices {
   policies: PolicyStore;
   authenticator: Authenticator;
   issuer: TokenIssuer;
+  sessions: Sessions;
+  audit: AuditLog;
 }
 
 /** A running registry: its HTTP server and what it stands on. */
@@ -81,6 +86,7 @@ export async function startRegistry(
       tls: Boolean(https),
     },
     services: auth,
+    checkHealth: () => checkHealth(metadata, store),
     tokenTtlMs: config.tokenTtlMs,
     refreshTokenTtlMs: config.refreshTokenTtlMs,
     log,
@@ -166,9 +172,17 @@ function createAuthServices(config: Config, metadata: MetadataDb, log: Logger): 
       log,
     });
   }
-  const authenticator = new Authenticator(accounts, tokens, provider, throttle, log);
+  const audit = new AuditLog(
+    metadata.db,
+    metadata.dialect,
+    path.join(config.dataDir, 'audit-head'),
+    log,
+    config.audit.record_pulls,
+  );
+  const authenticator = new Authenticator(accounts, tokens, provider, throttle, log, audit);
   const issuer = new TokenIssuer(path.join(config.dataDir, 'keys'), serviceName(config));
-  return { accounts, tokens, policies, authenticator, issuer };
+  const sessions = new Sessions(metadata.db, accounts);
+  return { accounts, tokens, policies, authenticator, issuer, sessions, audit };
 }
 
 /** The token service name: configured, or the external URL's host, or "mcr". */
@@ -176,4 +190,25 @@ function serviceName(config: Config): string {
   if (config.auth.service) return config.auth.service;
   if (config.server.external_url) return new URL(config.server.external_url).host;
   return 'mcr';
+}
+
+/** Checks that the database answers a query and that blob storage is writable. */
+async function checkHealth(
+  metadata: MetadataDb,
+  store: FilesystemBlobStore,
+): Promise<Record<string, { ok: boolean; error?: string }>> {
+  const checks: Record<string, { ok: boolean; error?: string }> = {};
+  try {
+    await sql`select 1`.execute(metadata.db);
+    checks.database = { ok: true };
+  } catch (error) {
+    checks.database = { ok: false, error: (error as Error).message };
+  }
+  try {
+    await store.checkWritable();
+    checks.storage = { ok: true };
+  } catch (error) {
+    checks.storage = { ok: false, error: (error as Error).message };
+  }
+  return checks;
 }

@@ -89,15 +89,17 @@ export class AccessTokens {
     return { token: toToken(row), secret };
   }
 
-  async list(username: string): Promise<AccessToken[]> {
-    const rows = await this.db
+  /** Lists an account's tokens by id, optionally a page of `limit` after id `after`. */
+  async list(username: string, limit?: number, after?: number): Promise<AccessToken[]> {
+    let query = this.db
       .selectFrom('access_tokens')
       .innerJoin('accounts', 'accounts.id', 'access_tokens.account_id')
       .selectAll('access_tokens')
       .where('accounts.username', '=', username)
-      .orderBy('access_tokens.id')
-      .execute();
-    return rows.map(toToken);
+      .orderBy('access_tokens.id');
+    if (after !== undefined) query = query.where('access_tokens.id', '>', after);
+    if (limit !== undefined) query = query.limit(limit);
+    return (await query.execute()).map(toToken);
   }
 
   /** Revokes a token by id; revoked tokens stay listed with their revocation time. */

@@ -103,9 +103,12 @@ export class Accounts {
     return row ? { account: toAccount(row), hash: row.password_hash } : undefined;
   }
 
-  async list(): Promise<Account[]> {
-    const rows = await this.db.selectFrom('accounts').selectAll().orderBy('username').execute();
-    return rows.map(toAccount);
+  /** Lists accounts by username, optionally a page of `limit` after `after`. */
+  async list(limit?: number, after?: string): Promise<Account[]> {
+    let query = this.db.selectFrom('accounts').selectAll().orderBy('username');
+    if (after !== undefined) query = query.where('username', '>', after);
+    if (limit !== undefined) query = query.limit(limit);
+    return (await query.execute()).map(toAccount);
   }
 
   /** Creates a local account. */

@@ -2,6 +2,8 @@ import { createHash } from 'node:crypto';
 
 import type { Logger } from 'pino';
 
+import type { AuditLog } from '../audit/log.js';
+
 import type { Account, Accounts } from './accounts.js';
 import { TOKEN_PREFIX, type AccessTokens } from './access-tokens.js';
 import type { IdentityProvider } from './identity.js';
@@ -57,6 +59,7 @@ export class Authenticator {
     private readonly provider: IdentityProvider | undefined,
     private readonly throttle: LoginThrottle,
     private readonly log: Logger,
+    private readonly audit?: AuditLog,
   ) {
     accounts.onChange = (accountId) => this.forgetAccount(accountId);
   }
@@ -77,7 +80,18 @@ export class Authenticator {
       this.cache.delete(cacheKey);
     }
 
-    await this.throttle.check(username, address);
+    try {
+      await this.throttle.check(username, address);
+    } catch (error) {
+      await this.audit?.record({
+        type: 'login',
+        actor: username,
+        clientAddress: address,
+        outcome: 'denied',
+        details: { reason: 'throttled' },
+      });
+      throw error;
+    }
 
     let principal: Principal;
     try {
@@ -86,10 +100,24 @@ export class Authenticator {
       if (!(error instanceof LoginError)) throw error;
       await this.throttle.recordFailure(username, address);
       this.log.warn({ account: username, client: address, reason: error.reason }, 'login failed');
+      await this.audit?.record({
+        type: 'login',
+        actor: username,
+        clientAddress: address,
+        outcome: 'failure',
+        details: { reason: error.reason },
+      });
       throw error;
     }
 
     await this.throttle.recordSuccess(username);
+    await this.audit?.record({
+      type: 'login',
+      actor: username,
+      clientAddress: address,
+      outcome: 'success',
+      details: { method: principal.method },
+    });
     if (this.cache.size >= CREDENTIAL_CACHE_MAX) this.cache.clear();
     this.cache.set(cacheKey, {
       accountId: principal.account.id,

@@ -43,6 +43,12 @@ const integer = z.preprocess(
   z.number().int().nonnegative(),
 );
 
+const optionalDuration = z
+  .string()
+  .refine((value) => value === '' || parseDuration(value) !== undefined, {
+    message: 'expected a duration such as "720h", or an empty string for no limit',
+  });
+
 const externalUrl = z.string().refine((value) => value === '' || isHttpUrl(value), {
   message: 'expected an http:// or https:// URL, or an empty string',
 });
@@ -73,6 +79,20 @@ const configSchema = z.strictObject({
   gc: z
     .strictObject({
       grace_period: duration.default('1h'),
+      schedule: z
+        .string()
+        .refine((value) => value === '' || (parseDuration(value) ?? 0) > 0, {
+          message: 'expected a duration such as "24h" between runs, or an empty string to turn it off',
+        })
+        .default(''),
+      upload_max_age: duration.default('24h'),
+      delete_untagged: boolean.default(false),
+      lock_ttl: z
+        .string()
+        .refine((value) => (parseDuration(value) ?? 0) >= 1000, {
+          message: 'expected a duration of at least 1s, such as "1m"',
+        })
+        .default('1m'),
     })
     .prefault({}),
   auth: z
@@ -99,6 +119,12 @@ const configSchema = z.strictObject({
       timeout: duration.default('5s'),
     })
     .prefault({}),
+  audit: z
+    .strictObject({
+      record_pulls: boolean.default(false),
+      retention: optionalDuration.default('2160h'),
+    })
+    .prefault({}),
   log: z
     .strictObject({
       level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
@@ -114,10 +140,16 @@ export interface Config extends RawConfig {
   dataDir: string;
   listen: { host: string; port: number };
   gracePeriodMs: number;
+  /** Time between scheduled GC runs; undefined when no schedule is set. */
+  gcScheduleMs: number | undefined;
+  gcUploadMaxAgeMs: number;
+  gcLockTtlMs: number;
   tokenTtlMs: number;
   refreshTokenTtlMs: number;
   failureWindowMs: number;
   ldapTimeoutMs: number;
+  /** Age past which audit events are pruned; undefined keeps them forever. */
+  auditRetentionMs: number | undefined;
 }
 
 /** A configuration that failed validation; the message names every bad key. */
@@ -179,10 +211,15 @@ export function loadConfig(
     dataDir: path.resolve(cwd, config.data_dir),
     listen: parseListenAddress(config.server.listen_addr) as { host: string; port: number },
     gracePeriodMs: parseDuration(config.gc.grace_period) as number,
+    gcScheduleMs: config.gc.schedule === '' ? undefined : parseDuration(config.gc.schedule),
+    gcUploadMaxAgeMs: parseDuration(config.gc.upload_max_age) as number,
+    gcLockTtlMs: parseDuration(config.gc.lock_ttl) as number,
     tokenTtlMs: parseDuration(config.auth.token_ttl) as number,
     refreshTokenTtlMs: parseDuration(config.auth.refresh_token_ttl) as number,
     failureWindowMs: parseDuration(config.auth.failure_window) as number,
     ldapTimeoutMs: parseDuration(config.ldap.timeout) as number,
+    auditRetentionMs:
+      config.audit.retention === '' ? undefined : parseDuration(config.audit.retention),
   };
 }
 

@@ -7,7 +7,7 @@ import type { AuthServices } from '../app.js';
 import type { AuthDeps } from './auth.js';
 import { errorBody, sendError } from './errors.js';
 import { registerTokenEndpoint } from './token.js';
-import { registerV1 } from './v1/index.js';
+import { registerV1, type V1Deps } from './v1/index.js';
 import { registerV2 } from './v2/index.js';
 
 export interface ServerOptions {
@@ -15,6 +15,7 @@ export interface ServerOptions {
   access: AccessControl;
   auth: AuthDeps;
   services: AuthServices;
+  checkHealth: V1Deps['checkHealth'];
   tokenTtlMs: number;
   refreshTokenTtlMs: number;
   log: Logger;
@@ -59,12 +60,13 @@ export function buildServer(options: ServerOptions): FastifyInstance {
 
   app.setErrorHandler((error, request, reply) => sendError(request, reply, error));
   app.setNotFoundHandler((request, reply) => {
-    reply
-      .code(404)
-      .type('application/json')
-      .send(
-        errorBody('NOT_FOUND', `no endpoint at ${request.method} ${request.url.slice(0, 300)}`),
-      );
+    const path = request.url.split('?')[0] ?? '';
+    const message = `no endpoint at ${request.method} ${path.slice(0, 300)}`;
+    // The admin API reports errors as {"error"}; everything else in the OCI format.
+    const body = path.startsWith('/v1/')
+      ? JSON.stringify({ error: message })
+      : errorBody('NOT_FOUND', message);
+    reply.code(404).type('application/json').send(body);
   });
 
   registerTokenEndpoint(app, {
@@ -73,11 +75,16 @@ export function buildServer(options: ServerOptions): FastifyInstance {
     tokenTtlMs: options.tokenTtlMs,
     refreshTokenTtlMs: options.refreshTokenTtlMs,
   });
-  void registerV1(app, options.services);
+  void registerV1(app, {
+    auth: options.services,
+    registry: options.registry,
+    checkHealth: options.checkHealth,
+  });
   registerV2(app, {
     registry: options.registry,
     access: options.access,
     auth: options.auth,
+    audit: options.services.audit,
     externalUrl: options.externalUrl,
   });
   return app;

@@ -1,3 +1,4 @@
+import { RepositoryAdmin } from './admin.js';
 import { Blobs } from './blobs.js';
 import type { CoreContext } from './core.js';
 import { Listings } from './listings.js';
@@ -17,11 +18,13 @@ export class Registry {
   readonly uploads: Uploads;
   readonly manifests: Manifests;
   readonly listings: Listings;
+  readonly admin: RepositoryAdmin;
 
   constructor(readonly ctx: CoreContext) {
     this.blobs = new Blobs(ctx);
     this.uploads = new Uploads(ctx);
     this.manifests = new Manifests(ctx);
     this.listings = new Listings(ctx);
+    this.admin = new RepositoryAdmin(ctx);
   }
 }

@@ -35,6 +35,19 @@ export class FilesystemBlobStore implements BlobStore {
     await mkdir(this.uploadsDir, { recursive: true, mode: 0o700 });
   }
 
+  /** Writes, syncs and removes a probe file in the uploads directory; throws if it cannot. */
+  async checkWritable(): Promise<void> {
+    const probe = path.join(this.uploadsDir, `.health-${process.pid}-${Date.now()}`);
+    const handle = await open(probe, 'w', 0o600);
+    try {
+      await handle.write('ok');
+      await handle.sync();
+    } finally {
+      await handle.close();
+      await rm(probe, { force: true });
+    }
+  }
+
   blobPath(digest: Digest): string {
     return path.join(this.blobsDir, digest.algorithm, digest.hex.slice(0, 2), digest.hex);
   }
@@ -175,7 +188,8 @@ export class FilesystemBlobStore implements BlobStore {
 
   async *listUploads(): AsyncIterable<StoredUpload> {
     for (const entry of await readdirOrEmpty(this.uploadsDir)) {
-      if (!entry.isFile()) continue;
+      // Skips anything that is not upload data, such as the health probe.
+      if (!entry.isFile() || !UPLOAD_KEY.test(entry.name)) continue;
       try {
         const info = await stat(path.join(this.uploadsDir, entry.name));
         yield { key: entry.name, modifiedAt: info.mtimeMs };

@@ -1,11 +1,24 @@
 import type { FastifyInstance } from 'fastify';
 
-import type { AuthServices } from '../../app.js';
 import type { AccessToken } from '../../auth/access-tokens.js';
 import type { Account } from '../../auth/accounts.js';
 import { ACCOUNT_KINDS, ROLES } from '../../auth/identity.js';
 import { POLICY_ACTIONS } from '../../auth/policy.js';
-import { ApiError, apiCaller, requireAdmin, sendJson } from './context.js';
+import {
+  ApiError,
+  adminCaller,
+  apiCaller,
+  audit,
+  decodeCursor,
+  DEFAULT_PAGE,
+  isNumber,
+  isString,
+  page,
+  pageQuery,
+  requireAdmin,
+  sendJson,
+  type V1Deps,
+} from './context.js';
 
 const usernameParam = {
   type: 'object',
@@ -79,11 +92,28 @@ function tokenJson(token: AccessToken) {
 }
 
 /** Registers /v1/accounts and /v1/accounts/{name}/tokens. */
-export function registerAccountRoutes(app: FastifyInstance, auth: AuthServices): void {
-  app.get('/v1/accounts', async (request, reply) => {
-    requireAdmin(await apiCaller(request, auth));
-    sendJson(reply, 200, { accounts: (await auth.accounts.list()).map(accountJson) });
-  });
+export function registerAccountRoutes(app: FastifyInstance, { auth }: V1Deps): void {
+  app.get<{ Querystring: { limit?: number; cursor?: string } }>(
+    '/v1/accounts',
+    {
+      schema: {
+        tags: ['accounts'],
+        summary: 'List accounts',
+        querystring: { type: 'object', additionalProperties: false, properties: pageQuery },
+      },
+    },
+    async (request, reply) => {
+      await adminCaller(request, auth);
+      const limit = request.query.limit ?? DEFAULT_PAGE;
+      const after = decodeCursor(request.query.cursor, isString);
+      const { items, nextCursor } = page(
+        await auth.accounts.list(limit + 1, after),
+        limit,
+        (account) => account.username,
+      );
+      sendJson(reply, 200, { accounts: items.map(accountJson), next_cursor: nextCursor });
+    },
+  );
 
   app.post<{
     Body: {
@@ -100,7 +130,7 @@ export function registerAccountRoutes(app: FastifyInstance, auth: AuthServices):
 
   app.get<{ Params: { name: string } }>(
     '/v1/accounts/:name',
-    { schema: { params: usernameParam } },
+    { schema: { tags: ['accounts'], summary: 'Show an account', params: usernameParam } },
     async (request, reply) => {
       const caller = await apiCaller(request, auth);
       if (caller.username !== request.params.name) requireAdmin(caller);
@@ -120,24 +150,39 @@ export function registerAccountRoutes(app: FastifyInstance, auth: AuthServices):
     };
   }>(
     '/v1/accounts/:name',
-    { schema: { params: usernameParam, body: updateAccountBody } },
+    {
+      schema: {
+        tags: ['accounts'],
+        summary: 'Change an account',
+        params: usernameParam,
+        body: updateAccountBody,
+      },
+    },
     async (request, reply) => {
-      requireAdmin(await apiCaller(request, auth));
+      const caller = await adminCaller(request, auth);
       const account = await auth.accounts.update(request.params.name, request.body);
+      const { password, ...changes } = request.body;
+      await audit(auth, caller, {
+        type: 'account.update',
+        details: { account: account.username, ...changes, passwordChanged: password !== undefined },
+      });
       sendJson(reply, 200, accountJson(account));
     },
   );
 
   app.delete<{ Params: { name: string } }>(
     '/v1/accounts/:name',
-    { schema: { params: usernameParam } },
+    { schema: { tags: ['accounts'], summary: 'Delete an account', params: usernameParam } },
     async (request, reply) => {
-      const caller = await apiCaller(request, auth);
-      requireAdmin(caller);
+      const caller = await adminCaller(request, auth);
       if (caller.username === request.params.name) {
         throw new ApiError(409, 'an administrator cannot delete their own account');
       }
       await auth.accounts.delete(request.params.name);
+      await audit(auth, caller, {
+        type: 'account.delete',
+        details: { account: request.params.name },
+      });
       reply.code(204).send();
     },
   );
@@ -163,7 +208,14 @@ export function registerAccountRoutes(app: FastifyInstance, auth: AuthServices):
     Body: { name: string; expires_at?: string; scopes?: Array<(typeof POLICY_ACTIONS)[number]> };
   }>(
     '/v1/accounts/:name/tokens',
-    { schema: { params: usernameParam, body: createTokenBody } },
+    {
+      schema: {
+        tags: ['tokens'],
+        summary: 'Issue an access token',
+        params: usernameParam,
+        body: createTokenBody,
+      },
+    },
     async (request, reply) => {
       const caller = await apiCaller(request, auth);
       if (caller.username !== request.params.name) requireAdmin(caller);
@@ -171,6 +223,15 @@ export function registerAccountRoutes(app: FastifyInstance, auth: AuthServices):
         name: request.body.name,
         expiresAt: request.body.expires_at ? Date.parse(request.body.expires_at) : null,
         scopes: request.body.scopes ?? null,
+      });
+      await audit(auth, caller, {
+        type: 'token.issue',
+        details: {
+          account: request.params.name,
+          token: token.name,
+          tokenId: token.id,
+          scopes: token.scopes,
+        },
       });
       sendJson(reply, 201, { ...tokenJson(token), secret });
     },
@@ -180,6 +241,8 @@ export function registerAccountRoutes(app: FastifyInstance, auth: AuthServices):
     '/v1/accounts/:name/tokens/:id',
     {
       schema: {
+        tags: ['tokens'],
+        summary: 'Revoke an access token',
         params: {
           type: 'object',
           properties: { name: { type: 'string' }, id: { type: 'integer', minimum: 1 } },
@@ -191,6 +254,10 @@ export function registerAccountRoutes(app: FastifyInstance, auth: AuthServices):
       const caller = await apiCaller(request, auth);
       if (caller.username !== request.params.name) requireAdmin(caller);
       const token = await auth.tokens.revoke(request.params.name, request.params.id);
+      await audit(auth, caller, {
+        type: 'token.revoke',
+        details: { account: request.params.name, token: token.name, tokenId: token.id },
+      });
       sendJson(reply, 200, tokenJson(token));
     },
   );

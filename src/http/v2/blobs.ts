@@ -1,6 +1,6 @@
 import { parseDigest } from '../../registry/digest.js';
 import { RegistryError } from '../../registry/errors.js';
-import { authorize, authorizeAny, type V2Call } from './context.js';
+import { authorize, authorizeAny, recordAudit, type V2Call } from './context.js';
 
 /** GET and HEAD /v2/NAME/blobs/DIGEST, with single byte ranges. */
 export async function getBlob(call: V2Call, name: string, digestParam: string): Promise<void> {
@@ -43,6 +43,14 @@ export async function getBlob(call: V2Call, name: string, digestParam: string): 
     return;
   }
   const stream = await call.deps.registry.blobs.open(name, digest, range ?? undefined);
+  if (call.deps.audit.recordPulls && !range) {
+    await recordAudit(call, {
+      type: 'blob.pull',
+      repository: name,
+      digest: blob.digest,
+      outcome: 'success',
+    });
+  }
   call.reply.send(stream);
 }
 
@@ -51,6 +59,12 @@ export async function deleteBlob(call: V2Call, name: string, digestParam: string
   await authorize(call, name, 'delete');
   const digest = parseDigest(digestParam);
   await call.deps.registry.blobs.unlink(name, digest);
+  await recordAudit(call, {
+    type: 'blob.delete',
+    repository: name,
+    digest: digest.value,
+    outcome: 'success',
+  });
   call.reply
     .code(202)
     .header('Docker-Content-Digest', digest.value)

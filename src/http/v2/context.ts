@@ -1,5 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 
+import type { AuditEventInput, AuditLog } from '../../audit/log.js';
 import type { AccessControl, Action, Caller } from '../../auth/access.js';
 import { RegistryError } from '../../registry/errors.js';
 import { unauthorized, type AuthDeps } from '../auth.js';
@@ -10,6 +11,7 @@ export interface V2Deps {
   registry: Registry;
   access: AccessControl;
   auth: AuthDeps;
+  audit: AuditLog;
   /** Public base URL for Location headers; relative locations when empty. */
   externalUrl: string;
 }
@@ -52,6 +54,12 @@ export async function authorizeAny(
   }
 
   const scope = challengeScope(repository, actions);
+  await recordAudit(call, {
+    type: 'access.denied',
+    repository,
+    outcome: 'denied',
+    details: { actions, method: call.request.method, path: call.request.url.split('?')[0] },
+  });
   if (call.caller.username === undefined && !call.caller.grants) {
     throw unauthorized(call.request, auth, 'authentication required', scope);
   }
@@ -80,6 +88,18 @@ function challengeScope(repository: string | null, actions: Action[]): string {
   if (repository === null) return 'registry:catalog:*';
   const wanted = actions[0] === 'push' ? ['pull', 'push'] : [actions[0] as string];
   return `repository:${repository}:${wanted.join(',')}`;
+}
+
+/** Records an audit event on behalf of the caller. */
+export function recordAudit(
+  call: V2Call,
+  event: Omit<AuditEventInput, 'actor' | 'clientAddress'>,
+): Promise<void> {
+  return call.deps.audit.record({
+    ...event,
+    actor: call.caller.username ?? null,
+    clientAddress: call.caller.address,
+  });
 }
 
 /** Builds a Location header value for a path under /v2/. */

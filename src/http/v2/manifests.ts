@@ -1,6 +1,13 @@
 import { RegistryError } from '../../registry/errors.js';
 import { MAX_MANIFEST_SIZE, parseReference, type Reference } from '../../registry/index.js';
-import { authorize, authorizeAny, location, namePath, type V2Call } from './context.js';
+import {
+  authorize,
+  authorizeAny,
+  location,
+  namePath,
+  recordAudit,
+  type V2Call,
+} from './context.js';
 
 /** GET and HEAD /v2/NAME/manifests/REF. */
 export async function getManifest(call: V2Call, name: string, ref: string): Promise<void> {
@@ -32,6 +39,15 @@ export async function getManifest(call: V2Call, name: string, ref: string): Prom
     call.reply.code(200).send();
     return;
   }
+  if (call.deps.audit.recordPulls) {
+    await recordAudit(call, {
+      type: 'manifest.pull',
+      repository: name,
+      reference: ref,
+      digest: manifest.digest,
+      outcome: 'success',
+    });
+  }
   call.reply.code(200).send(manifest.content);
 }
 
@@ -47,6 +63,25 @@ export async function putManifest(call: V2Call, name: string, ref: string): Prom
     call.request.headers['content-type'],
   );
 
+  await recordAudit(call, {
+    type: 'manifest.push',
+    repository: name,
+    reference: ref,
+    digest: result.digest,
+    outcome: 'success',
+    details: result.subject ? { subject: result.subject } : {},
+  });
+  if (result.tag && result.tag.previous !== undefined && result.tag.previous !== result.digest) {
+    await recordAudit(call, {
+      type: 'tag.move',
+      repository: name,
+      reference: result.tag.name,
+      digest: result.digest,
+      outcome: 'success',
+      details: { from: result.tag.previous },
+    });
+  }
+
   call.reply
     .code(201)
     .header('Location', location(call, `/v2/${namePath(name)}/manifests/${result.digest}`))
@@ -61,6 +96,13 @@ export async function deleteManifest(call: V2Call, name: string, ref: string): P
   await authorize(call, name, 'delete');
   const reference = lookupReference(name, ref);
   await call.deps.registry.manifests.delete(name, reference);
+  await recordAudit(call, {
+    type: reference.kind === 'digest' ? 'manifest.delete' : 'tag.delete',
+    repository: name,
+    reference: ref,
+    digest: reference.kind === 'digest' ? reference.digest : null,
+    outcome: 'success',
+  });
   call.reply.code(202).header('Content-Length', 0).send();
 }
 
