@@ -119,6 +119,8 @@ export async function startRegistry(
     'mcr listening',
   );
 
+  const pruneAudit = startAuditRetention(auth.audit, config.auditRetentionMs, log);
+
   return {
     app,
     metadata,
@@ -130,6 +132,7 @@ export async function startRegistry(
       // still sending a response would otherwise linger until its keep-alive
       // timeout. Close each as it goes idle, and all of them after a grace
       // period.
+      if (pruneAudit) clearInterval(pruneAudit);
       const closing = app.close();
       const idle = setInterval(() => app.server.closeIdleConnections(), 100);
       const force = setTimeout(() => {
@@ -211,4 +214,25 @@ async function checkHealth(
     checks.storage = { ok: false, error: (error as Error).message };
   }
   return checks;
+}
+
+/** How often audit retention runs, in milliseconds. */
+const AUDIT_PRUNE_INTERVAL_MS = 3_600_000;
+
+/** Prunes audit events past the retention now and then hourly; returns the timer. */
+function startAuditRetention(
+  audit: AuditLog,
+  retentionMs: number | undefined,
+  log: Logger,
+): NodeJS.Timeout | undefined {
+  if (retentionMs === undefined) return undefined;
+  const prune = () => {
+    audit.prune(Date.now() - retentionMs).catch((error: unknown) => {
+      log.error({ err: error }, 'audit retention failed');
+    });
+  };
+  prune();
+  const timer = setInterval(prune, AUDIT_PRUNE_INTERVAL_MS);
+  timer.unref();
+  return timer;
 }

@@ -35,6 +35,8 @@ export function buildServer(options: ServerOptions): FastifyInstance {
     return503OnClosing: true,
     requestTimeout: 0,
     routerOptions: { maxParamLength: 8192 },
+    // Unknown fields are an error, not silently dropped.
+    ajv: { customOptions: { removeAdditional: false } },
     ...(options.https ? { https: { ...options.https, minVersion: 'TLSv1.3' as const } } : {}),
   }) as unknown as FastifyInstance;
 

@@ -122,11 +122,19 @@ export function registerAccountRoutes(app: FastifyInstance, { auth }: V1Deps): v
       role: 'admin' | 'user' | 'guest';
       kind: 'human' | 'system';
     };
-  }>('/v1/accounts', { schema: { body: createAccountBody } }, async (request, reply) => {
-    requireAdmin(await apiCaller(request, auth));
-    const account = await auth.accounts.create(request.body);
-    sendJson(reply, 201, accountJson(account));
-  });
+  }>(
+    '/v1/accounts',
+    { schema: { tags: ['accounts'], summary: 'Create an account', body: createAccountBody } },
+    async (request, reply) => {
+      const caller = await adminCaller(request, auth);
+      const account = await auth.accounts.create(request.body);
+      await audit(auth, caller, {
+        type: 'account.create',
+        details: { account: account.username, role: account.role, kind: account.kind },
+      });
+      sendJson(reply, 201, accountJson(account));
+    },
+  );
 
   app.get<{ Params: { name: string } }>(
     '/v1/accounts/:name',
@@ -188,18 +196,27 @@ export function registerAccountRoutes(app: FastifyInstance, { auth }: V1Deps): v
   );
 
   // Account holders manage their own tokens; administrators manage anyone's.
-  app.get<{ Params: { name: string } }>(
+  app.get<{ Params: { name: string }; Querystring: { limit?: number; cursor?: string } }>(
     '/v1/accounts/:name/tokens',
-    { schema: { params: usernameParam } },
+    {
+      schema: {
+        tags: ['tokens'],
+        summary: "List an account's access tokens",
+        params: usernameParam,
+        querystring: { type: 'object', additionalProperties: false, properties: pageQuery },
+      },
+    },
     async (request, reply) => {
       const caller = await apiCaller(request, auth);
       if (caller.username !== request.params.name) requireAdmin(caller);
       if (!(await auth.accounts.findByName(request.params.name))) {
         throw new ApiError(404, `account ${request.params.name} not found`);
       }
-      sendJson(reply, 200, {
-        tokens: (await auth.tokens.list(request.params.name)).map(tokenJson),
-      });
+      const limit = request.query.limit ?? DEFAULT_PAGE;
+      const after = decodeCursor(request.query.cursor, isNumber);
+      const rows = await auth.tokens.list(request.params.name, limit + 1, after);
+      const { items, nextCursor } = page(rows, limit, (token) => token.id);
+      sendJson(reply, 200, { tokens: items.map(tokenJson), next_cursor: nextCursor });
     },
   );
 
