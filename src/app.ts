@@ -16,9 +16,15 @@ import { LdapIdentityProvider } from './auth/ldap.js';
 import { PolicyStore } from './auth/policy.js';
 import { Sessions } from './auth/sessions.js';
 import { LoginThrottle } from './auth/throttle.js';
-import type { Config } from './config/index.js';
+import { parseListenAddress, type Config } from './config/index.js';
+import { Fsck } from './fsck/index.js';
+import { startOpenMetricsServer } from './http/metrics.js';
+import { GarbageCollector } from './gc/index.js';
 import { buildServer } from './http/server.js';
+import { GC_DECORATOR } from './http/v1/gc.js';
 import { openMetadataDb, type MetadataDb } from './metadata/db.js';
+import { Locks } from './metadata/locks.js';
+import { Metrics } from './metrics/index.js';
 import { Registry } from './registry/index.js';
 import { FilesystemBlobStore } from './storage/index.js';
 
@@ -42,6 +48,7 @@ export interface RunningRegistry {
   metadata: MetadataDb;
   registry: Registry;
   auth: AuthServices;
+  gc: GarbageCollector;
   /** The address the server listens on, with the port the OS chose for port 0. */
   address: { host: string; port: number };
   close(): Promise<void>;
@@ -70,6 +77,7 @@ export async function startRegistry(
   const auth = createAuthServices(config, metadata, log);
   await auth.accounts.ensureAdmin(env.MCR_ADMIN_PASSWORD, config.dataDir);
 
+  const metrics = new Metrics(metadata.db);
   const registry = new Registry({ db: metadata.db, dialect: metadata.dialect, store, log });
   const https = config.server.tls_cert
     ? { cert: readFileSync(config.server.tls_cert), key: readFileSync(config.server.tls_key) }
@@ -79,6 +87,7 @@ export async function startRegistry(
     access: new PolicyAccessControl(auth.policies),
     auth: {
       authenticator: auth.authenticator,
+      tokens: auth.tokens,
       issuer: auth.issuer,
       accounts: auth.accounts,
       service: serviceName(config),
@@ -86,13 +95,31 @@ export async function startRegistry(
       tls: Boolean(https),
     },
     services: auth,
+    metrics,
+    metricsMode: config.metrics.mode,
     checkHealth: () => checkHealth(metadata, store),
+    fsck: new Fsck(metadata.db, store, log, config.gracePeriodMs),
     tokenTtlMs: config.tokenTtlMs,
     refreshTokenTtlMs: config.refreshTokenTtlMs,
     log,
     externalUrl: config.server.external_url,
     https,
   });
+  const gc = new GarbageCollector({
+    db: metadata.db,
+    dialect: metadata.dialect,
+    store,
+    log,
+    locks: new Locks(metadata.db),
+    gracePeriodMs: config.gracePeriodMs,
+    lockTtlMs: config.gcLockTtlMs,
+    defaults: {
+      deleteUntagged: config.gc.delete_untagged,
+      uploadMaxAgeMs: config.gcUploadMaxAgeMs,
+    },
+  });
+  // The /v1/gc routes read the collector from this decoration.
+  app.decorate(GC_DECORATOR, gc);
 
   await app.listen({ host: config.listen.host, port: config.listen.port });
   const bound = app.server.address();
@@ -119,13 +146,28 @@ export async function startRegistry(
     'mcr listening',
   );
 
+  let metricsServer: FastifyInstance | undefined;
+  if (config.metrics.mode === 'open') {
+    const metricsAddress = parseListenAddress(config.metrics.listen_addr) as {
+      host: string;
+      port: number;
+    };
+    metricsServer = await startOpenMetricsServer(metrics, metricsAddress.host, metricsAddress.port);
+    log.info(
+      { address: metricsServer.server.address() },
+      'metrics listening without authentication',
+    );
+  }
+
   const pruneAudit = startAuditRetention(auth.audit, config.auditRetentionMs, log);
+  gc.startBackground(config.gcScheduleMs);
 
   return {
     app,
     metadata,
     registry,
     auth,
+    gc,
     address,
     async close() {
       // Node closes the connections that are idle when close() starts; one
@@ -133,6 +175,7 @@ export async function startRegistry(
       // timeout. Close each as it goes idle, and all of them after a grace
       // period.
       if (pruneAudit) clearInterval(pruneAudit);
+      await metricsServer?.close();
       const closing = app.close();
       const idle = setInterval(() => app.server.closeIdleConnections(), 100);
       const force = setTimeout(() => {
@@ -145,6 +188,7 @@ export async function startRegistry(
         clearInterval(idle);
         clearTimeout(force);
       }
+      await gc.stop();
       await metadata.close();
     },
   };

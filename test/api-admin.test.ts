@@ -143,14 +143,14 @@ describe('repositories', () => {
       ['v1', 'v2'],
     );
 
-    const tagPage = await json('GET', '/v1/repositories/team/one/tags?limit=1');
+    const tagPage = await json('GET', '/v1/repositories/team/one/-/tags?limit=1');
     assert.deepEqual(
       (tagPage.body.tags as Array<{ name: string }>).map((tag) => tag.name),
       ['v1'],
     );
     const next = await json(
       'GET',
-      `/v1/repositories/team/one/tags?limit=1&cursor=${tagPage.body.next_cursor as string}`,
+      `/v1/repositories/team/one/-/tags?limit=1&cursor=${tagPage.body.next_cursor as string}`,
     );
     assert.deepEqual(
       (next.body.tags as Array<{ name: string }>).map((tag) => tag.name),
@@ -159,14 +159,26 @@ describe('repositories', () => {
   });
 
   it('deletes a tag and then the whole repository', async () => {
-    assert.equal((await json('DELETE', '/v1/repositories/team/one/tags/v1')).status, 204);
-    assert.equal((await json('DELETE', '/v1/repositories/team/one/tags/v1')).status, 404);
+    assert.equal((await json('DELETE', '/v1/repositories/team/one/-/tags/v1')).status, 204);
+    assert.equal((await json('DELETE', '/v1/repositories/team/one/-/tags/v1')).status, 404);
     assert.equal((await server.fetch('/v2/team/one/manifests/v1')).status, 404);
 
     assert.equal((await json('DELETE', '/v1/repositories/team/one')).status, 204);
     assert.equal((await json('GET', '/v1/repositories/team/one')).status, 404);
     assert.equal((await json('DELETE', '/v1/repositories/team/one')).status, 404);
     assert.equal((await server.fetch('/v2/team/one/tags/list')).status, 404);
+  });
+
+  it('address a repository whose name ends in tags', async () => {
+    await pushImage(server, 'team/tags', 'v1');
+    const detail = await json('GET', '/v1/repositories/team/tags');
+    assert.equal(detail.body.name, 'team/tags');
+    const tags = await json('GET', '/v1/repositories/team/tags/-/tags');
+    assert.deepEqual(
+      (tags.body.tags as Array<{ name: string }>).map((tag) => tag.name),
+      ['v1'],
+    );
+    assert.equal((await json('DELETE', '/v1/repositories/team/tags')).status, 204);
   });
 
   it('rejects invalid names, bad cursors, strangers and non-admins', async () => {

@@ -448,6 +448,100 @@ describe('access tokens', () => {
   });
 });
 
+describe('refresh tokens and restricted access tokens', () => {
+  async function refreshWith(username: string, secret: string, scope: string): Promise<string> {
+    const response = await fetch(
+      `${server.url}/v2/token?service=mcr&offline_token=true&scope=${encodeURIComponent(scope)}`,
+      { headers: { authorization: basicAuth(username, secret) } },
+    );
+    assert.equal(response.status, 200);
+    return ((await response.json()) as { refresh_token: string }).refresh_token;
+  }
+
+  async function exchange(refresh: string, scope: string): Promise<Response> {
+    return fetch(`${server.url}/v2/token`, {
+      method: 'POST',
+      body: new URLSearchParams({
+        grant_type: 'refresh_token',
+        service: 'mcr',
+        refresh_token: refresh,
+        scope,
+      }),
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    });
+  }
+
+  it('keep the scopes of the access token they came from', async () => {
+    const issued = await as('alice', 'alice-password', '/v1/accounts/alice/tokens', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'pull-only-refresh', scopes: ['pull'] }),
+    });
+    const token = (await issued.json()) as { id: number; secret: string };
+    const refresh = await refreshWith('alice', token.secret, 'repository:alice/app:pull');
+    const exchanged = await exchange(refresh, 'repository:alice/app:pull,push,delete');
+    assert.equal(exchanged.status, 200);
+    const claims = claimsOf(((await exchanged.json()) as { access_token: string }).access_token);
+    assert.deepEqual(claims.access, [{ type: 'repository', name: 'alice/app', actions: ['pull'] }]);
+
+    await as('alice', 'alice-password', `/v1/accounts/alice/tokens/${token.id}`, {
+      method: 'DELETE',
+    });
+    assert.equal((await exchange(refresh, 'repository:alice/app:pull')).status, 401);
+  });
+
+  it('stop working after a password change', async () => {
+    await createAccount('grace', 'grace-password', 'user');
+    const refresh = await refreshWith('grace', 'grace-password', 'repository:grace/app:pull');
+    assert.equal((await exchange(refresh, 'repository:grace/app:pull')).status, 200);
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    const patch = await server.fetch('/v1/accounts/grace', {
+      method: 'PATCH',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ password: 'grace-new-password' }),
+    });
+    assert.equal(patch.status, 200);
+    assert.equal((await exchange(refresh, 'repository:grace/app:pull')).status, 401);
+  });
+
+  it('forbid a scope-limited access token to mint tokens', async () => {
+    const issued = await as('alice', 'alice-password', '/v1/accounts/alice/tokens', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'limited', scopes: ['pull'] }),
+    });
+    const limited = (await issued.json()) as { secret: string };
+    const escalate = await as('alice', limited.secret, '/v1/accounts/alice/tokens', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'escalated' }),
+    });
+    assert.equal(escalate.status, 403);
+  });
+
+  it('reject an expiry that does not parse', async () => {
+    const response = await as('alice', 'alice-password', '/v1/accounts/alice/tokens', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'leap', expires_at: '9999-12-31T23:59:60Z' }),
+    });
+    assert.equal(response.status, 400);
+  });
+
+  it('answer a malformed Authorization header at the token endpoint with 401', async () => {
+    for (const header of [
+      'Basic !!!***',
+      `Basic ${Buffer.from('nocolon').toString('base64')}`,
+      'Bearer xyz',
+    ]) {
+      const response = await fetch(`${server.url}/v2/token?service=mcr`, {
+        headers: { authorization: header },
+      });
+      assert.equal(response.status, 401, header);
+    }
+  });
+});
+
 async function tokenForStatus(username: string, password: string): Promise<number> {
   const response = await fetch(`${server.url}/v2/token?service=mcr`, {
     headers: { authorization: basicAuth(username, password) },
@@ -492,6 +586,19 @@ describe('login throttling', () => {
     assert.ok(
       server.logs.some((entry) => entry.msg === 'login failed' && entry.account === 'erin'),
     );
+  });
+});
+
+describe('login throttling under concurrency', () => {
+  it('lets no more than the limit of parallel wrong logins through', async () => {
+    await createAccount('frank', 'frank-password', 'user');
+    const statuses = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        as('frank', `wrong-parallel-${i}`, '/v2/').then((r) => r.status),
+      ),
+    );
+    assert.equal(statuses.filter((status) => status === 401).length, 5);
+    assert.equal(statuses.filter((status) => status === 429).length, 15);
   });
 });
 

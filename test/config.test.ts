@@ -3,6 +3,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 
 import { parseDuration } from '../src/config/duration.js';
 import { ConfigError, loadConfig, parseListenAddress } from '../src/config/index.js';
@@ -67,6 +68,17 @@ level = "debug"
     assert.equal(config.dataDir, '/tmp/x');
     assert.equal(config.gracePeriodMs, 600_000);
     assert.equal(config.log.level, 'warn');
+  });
+
+  it('accepts the packaged example configuration', () => {
+    const file = path.resolve(
+      fileURLToPath(import.meta.url),
+      '../../../packaging/mcr.example.toml',
+    );
+    const config = loadConfig({ file, env: {} });
+    assert.equal(config.dataDir, '/var/lib/mcr');
+    assert.deepEqual(config.listen, { host: '0.0.0.0', port: 5000 });
+    assert.equal(config.metrics.mode, 'auth');
   });
 
   it('finds the file through MCR_CONFIG', () => {

@@ -1646,7 +1646,15 @@ describe('differential: mcr against Distribution 2.8', () => {
   const agents = { mcr: new Agent({ keepAlive: true }), reference: new Agent({ keepAlive: true }) };
 
   before(async () => {
-    [mcr, reference] = await Promise.all([startServer(), startReference()]);
+    // If one registry fails to start, the other must still be stopped, or its
+    // process keeps the test run alive.
+    const [ours, theirs] = await Promise.allSettled([startServer(), startReference()]);
+    if (ours.status === 'fulfilled') mcr = ours.value;
+    if (theirs.status === 'fulfilled') reference = theirs.value;
+    if (ours.status === 'rejected' || theirs.status === 'rejected') {
+      await Promise.all([mcr?.cleanup(), reference?.stop()]);
+      throw ours.status === 'rejected' ? ours.reason : (theirs as PromiseRejectedResult).reason;
+    }
   });
 
   after(async () => {

@@ -335,3 +335,27 @@ describe('matchRepository properties', () => {
     );
   });
 });
+
+describe('matchRepository on hostile input', () => {
+  it('stays fast for many wildcards against a long name', { timeout: 10_000 }, () => {
+    const name = Array.from({ length: 120 }, () => 'a').join('-');
+    assert.equal(matchRepository('*-*-*-*-*-*-*-*-*-*-*-*-x', name, undefined), false);
+    const deep = Array.from({ length: 60 }, () => 'a').join('/');
+    assert.equal(matchRepository('**/**/**/**/**/**/**/**/**/x', deep, undefined), false);
+  });
+
+  it('rejects ** inside a segment', () => {
+    assert.throws(
+      () =>
+        validateRule({
+          priority: 1,
+          effect: 'allow',
+          description: '',
+          subjects: ['*'],
+          actions: ['pull'],
+          repositories: ['team/a**b'],
+        }),
+      /invalid repository pattern/,
+    );
+  });
+});

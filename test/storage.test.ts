@@ -43,7 +43,7 @@ describe('filesystem blob store', () => {
     const file = path.join(root, 'blobs', 'sha256', digest.hex.slice(0, 2), digest.hex);
     assert.deepEqual(readFileSync(file), data);
     assert.deepEqual(readdirSync(path.join(root, 'uploads')), []);
-    assert.deepEqual(await store.stat(digest), { size: data.length });
+    assert.equal((await store.stat(digest))?.size, data.length);
     assert.deepEqual(
       await collect(await store.read(digest, { start: 10, end: 19 })),
       data.subarray(10, 20),

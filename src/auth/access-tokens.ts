@@ -120,6 +120,17 @@ export class AccessTokens {
     return toToken(row);
   }
 
+  /** Reports whether a token is unrevoked and unexpired. */
+  async isActive(id: number): Promise<boolean> {
+    const row = await this.db
+      .selectFrom('access_tokens')
+      .select(['revoked_at', 'expires_at'])
+      .where('id', '=', id)
+      .executeTakeFirst();
+    if (!row || row.revoked_at !== null) return false;
+    return row.expires_at === null || row.expires_at > Date.now();
+  }
+
   /**
    * Looks up a secret. Returns the token and its account when the secret is
    * known, unrevoked, unexpired and its account enabled; records the use.

@@ -15,6 +15,8 @@ export interface Caller {
   address: string;
   /** Actions an access token used as a password is limited to. */
   tokenScopes?: PolicyAction[] | null;
+  /** The id of the access token used as a password, if one was. */
+  tokenId?: number;
   /** Grants of a bearer token; present only for callers that sent one. */
   grants?: AccessEntry[];
 }

@@ -6,7 +6,7 @@ import type { AuditLog } from '../audit/log.js';
 
 import type { Account, Accounts } from './accounts.js';
 import { TOKEN_PREFIX, type AccessTokens } from './access-tokens.js';
-import type { IdentityProvider } from './identity.js';
+import { ACCOUNT_NAME_PATTERN, type IdentityProvider } from './identity.js';
 import { verifyPassword } from './passwords.js';
 import type { PolicyAction } from './policy.js';
 import { ThrottledError, type LoginThrottle } from './throttle.js';
@@ -20,6 +20,8 @@ export interface Principal {
   method: 'password' | 'access-token';
   /** When the credential stops working, for an expiring access token. */
   expiresAt?: number;
+  /** The access token's id, when one was used. */
+  tokenId?: number;
 }
 
 /** A login that failed; `reason` is for logs and never reaches the client in detail. */
@@ -48,6 +50,7 @@ export class Authenticator {
     {
       accountId: number;
       tokenScopes: PolicyAction[] | null;
+      tokenId?: number;
       method: Principal['method'];
       expiresAt: number;
     }
@@ -75,17 +78,22 @@ export class Authenticator {
     if (cached && cached.expiresAt > Date.now()) {
       const account = await this.accounts.findById(cached.accountId);
       if (account && !account.disabled && account.username === username) {
-        return { account, tokenScopes: cached.tokenScopes, method: cached.method };
+        return {
+          account,
+          tokenScopes: cached.tokenScopes,
+          tokenId: cached.tokenId,
+          method: cached.method,
+        };
       }
       this.cache.delete(cacheKey);
     }
 
     try {
-      await this.throttle.check(username, address);
+      await this.throttle.begin(username, address);
     } catch (error) {
       await this.audit?.record({
         type: 'login',
-        actor: username,
+        actor: username.slice(0, 64),
         clientAddress: address,
         outcome: 'denied',
         details: { reason: 'throttled' },
@@ -98,11 +106,13 @@ export class Authenticator {
       principal = await this.verify(username, secret);
     } catch (error) {
       if (!(error instanceof LoginError)) throw error;
-      await this.throttle.recordFailure(username, address);
-      this.log.warn({ account: username, client: address, reason: error.reason }, 'login failed');
+      this.log.warn(
+        { account: username.slice(0, 64), client: address, reason: error.reason },
+        'login failed',
+      );
       await this.audit?.record({
         type: 'login',
-        actor: username,
+        actor: username.slice(0, 64),
         clientAddress: address,
         outcome: 'failure',
         details: { reason: error.reason },
@@ -110,7 +120,7 @@ export class Authenticator {
       throw error;
     }
 
-    await this.throttle.recordSuccess(username);
+    await this.throttle.succeeded(username, address);
     await this.audit?.record({
       type: 'login',
       actor: username,
@@ -122,6 +132,7 @@ export class Authenticator {
     this.cache.set(cacheKey, {
       accountId: principal.account.id,
       tokenScopes: principal.tokenScopes,
+      tokenId: principal.tokenId,
       method: principal.method,
       expiresAt: Math.min(Date.now() + CREDENTIAL_CACHE_MS, principal.expiresAt ?? Infinity),
     });
@@ -136,6 +147,9 @@ export class Authenticator {
   }
 
   private async verify(username: string, secret: string): Promise<Principal> {
+    // No account can have such a name, so no hash needs computing.
+    if (!ACCOUNT_NAME_PATTERN.test(username)) throw new LoginError('invalid-credentials');
+
     if (secret.startsWith(TOKEN_PREFIX)) {
       const found = await this.tokens.verify(secret);
       if (!found || found.account.username !== username) {
@@ -146,6 +160,7 @@ export class Authenticator {
         tokenScopes: found.token.scopes,
         method: 'access-token',
         expiresAt: found.token.expiresAt ?? undefined,
+        tokenId: found.token.id,
       };
     }
 

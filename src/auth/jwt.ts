@@ -17,6 +17,9 @@ export interface VerifiedToken {
   subject: string | undefined;
   access: AccessEntry[];
   expiresAt: number;
+  issuedAt: number;
+  /** Claims beyond the standard ones, as given to issue(). */
+  claims: Record<string, unknown>;
 }
 
 interface SigningKey {
@@ -83,10 +86,16 @@ export class TokenIssuer {
     access: AccessEntry[];
     ttlMs: number;
     kind?: 'access' | 'refresh';
+    /** Extra claims, such as the limits a refresh token carries forward. */
+    claims?: Record<string, unknown>;
   }): Promise<{ token: string; issuedAt: Date; expiresIn: number }> {
     const issuedAt = new Date();
     const expiresIn = Math.max(1, Math.floor(options.ttlMs / 1000));
-    const jwt = new SignJWT({ access: options.access, kind: options.kind ?? 'access' })
+    const jwt = new SignJWT({
+      ...options.claims,
+      access: options.access,
+      kind: options.kind ?? 'access',
+    })
       .setProtectedHeader({ alg: 'EdDSA', kid: this.current.kid, typ: 'JWT' })
       .setIssuer(this.issuer)
       .setAudience(options.audience)
@@ -116,7 +125,13 @@ export class TokenIssuer {
       );
       if ((payload.kind ?? 'access') !== kind) return undefined;
       const access = Array.isArray(payload.access) ? (payload.access as AccessEntry[]) : [];
-      return { subject: payload.sub, access, expiresAt: (payload.exp ?? 0) * 1000 };
+      return {
+        subject: payload.sub,
+        access,
+        expiresAt: (payload.exp ?? 0) * 1000,
+        issuedAt: (payload.iat ?? 0) * 1000,
+        claims: payload as Record<string, unknown>,
+      };
     } catch {
       return undefined;
     }

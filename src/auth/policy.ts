@@ -92,70 +92,101 @@ function validatePattern(pattern: string): void {
     pattern === '' ||
     !PATTERN_CHARS.test(pattern) ||
     /[{}]/.test(withoutPlaceholder) ||
-    /\*\*\*/.test(pattern) ||
+    pattern.split('/').some((segment) => segment.includes('**') && segment !== '**') ||
     pattern.startsWith('/') ||
     pattern.endsWith('/') ||
     pattern.includes('//')
   ) {
     throw new PolicyValidationError(
-      `invalid repository pattern "${pattern}"; use lower-case path segments with * (one segment), ** (any depth) and {account}`,
+      `invalid repository pattern "${pattern}"; use lower-case path segments with * (within a segment), ** (a whole segment: any depth) and {account}`,
     );
   }
 }
 
-/** Reports whether a repository name matches a rule's pattern for this account. */
+/**
+ * Reports whether a repository name matches a rule's pattern for this
+ * account. Matching works segment by segment without regular expressions,
+ * in time proportional to the pattern's length times the name's, so no
+ * pattern can make it slow.
+ */
 export function matchRepository(
   pattern: string,
   repository: string,
   username: string | undefined,
+  nameSegments: readonly string[] = repository.split('/'),
 ): boolean {
-  const compiledPattern = compilePattern(pattern);
-  if (compiledPattern.usesAccount && username === undefined) return false;
-  const match = compiledPattern.regex.exec(repository);
-  if (!match) return false;
-  return !compiledPattern.usesAccount || match.groups?.account === username;
-}
+  if (pattern.includes('{account}')) {
+    if (username === undefined) return false;
+    pattern = pattern.replaceAll('{account}', username);
+  }
+  if (!pattern.includes('*')) return pattern === repository;
 
-interface CompiledPattern {
-  regex: RegExp;
-  usesAccount: boolean;
-}
+  const patternSegments = splitPattern(pattern);
+  // A literal first segment settles most mismatches at once.
+  const first = patternSegments[0] as string;
+  if (!first.includes('*') && first !== nameSegments[0]) return false;
 
-const compiled = new Map<string, CompiledPattern>();
-
-/**
- * Compiles a glob once. `{account}` becomes a named group that the caller's
- * name must equal, so one compiled pattern serves every account.
- */
-function compilePattern(pattern: string): CompiledPattern {
-  const cached = compiled.get(pattern);
-  if (cached) return cached;
-
-  let source = '';
-  let usesAccount = false;
-  for (let i = 0; i < pattern.length; i++) {
-    const char = pattern[i] as string;
-    if (pattern.startsWith('{account}', i)) {
-      source += usesAccount ? '\\k<account>' : '(?<account>[^/]+)';
-      usesAccount = true;
-      i += '{account}'.length - 1;
-    } else if (pattern.startsWith('/**', i) && i + 3 === pattern.length) {
-      // A trailing "/**" also matches the prefix itself: "team/**" covers "team".
-      source += '(?:/.*)?';
-      i += 2;
-    } else if (pattern.startsWith('**', i)) {
-      source += '.*';
-      i += 1;
-    } else if (char === '*') {
-      source += '[^/]*';
+  // reachable[j]: the pattern segments seen so far can match the first j name segments.
+  let reachable = new Uint8Array(nameSegments.length + 1);
+  let next = new Uint8Array(nameSegments.length + 1);
+  reachable[0] = 1;
+  for (const segment of patternSegments) {
+    next.fill(0);
+    if (segment === '**') {
+      // "**" matches any number of whole segments, none included.
+      let seen = 0;
+      for (let j = 0; j <= nameSegments.length; j++) {
+        seen |= reachable[j] as number;
+        next[j] = seen;
+      }
     } else {
-      source += char.replace(/[.\-+?^${}()|[\]\\]/g, '\\$&');
+      for (let j = 0; j < nameSegments.length; j++) {
+        if (reachable[j] && matchSegment(segment, nameSegments[j] as string)) next[j + 1] = 1;
+      }
+    }
+    [reachable, next] = [next, reachable];
+  }
+  return reachable[nameSegments.length] === 1;
+}
+
+const splitPatterns = new Map<string, string[]>();
+
+function splitPattern(pattern: string): string[] {
+  let segments = splitPatterns.get(pattern);
+  if (!segments) {
+    segments = pattern.split('/');
+    if (splitPatterns.size > 10_000) splitPatterns.clear();
+    splitPatterns.set(pattern, segments);
+  }
+  return segments;
+}
+
+/** Matches one path segment against a glob segment in which `*` is any run of characters. */
+function matchSegment(glob: string, text: string): boolean {
+  // Greedy matching that backtracks only to the last `*`: linear in practice
+  // and at worst proportional to the product of the lengths.
+  let g = 0;
+  let t = 0;
+  let star = -1;
+  let resume = 0;
+  while (t < text.length) {
+    if (g < glob.length && glob[g] !== '*' && glob[g] === text[t]) {
+      g += 1;
+      t += 1;
+    } else if (g < glob.length && glob[g] === '*') {
+      star = g;
+      resume = t;
+      g += 1;
+    } else if (star !== -1) {
+      g = star + 1;
+      resume += 1;
+      t = resume;
+    } else {
+      return false;
     }
   }
-  const entry = { regex: new RegExp(`^${source}$`), usesAccount };
-  if (compiled.size > 10_000) compiled.clear();
-  compiled.set(pattern, entry);
-  return entry;
+  while (g < glob.length && glob[g] === '*') g += 1;
+  return g === glob.length;
 }
 
 /** The subject strings a rule may name that cover this caller. */
@@ -187,6 +218,7 @@ export function evaluate(
   }
 
   const keys = subjectKeys(subject);
+  const nameSegments = repository === null ? [] : repository.split('/');
   let best: PolicyRule | undefined;
   for (const rule of rules) {
     if (!rule.enabled) continue;
@@ -196,7 +228,9 @@ export function evaluate(
     if (!rule.subjects.some((entry) => keys.has(entry))) continue;
     if (
       repository !== null &&
-      !rule.repositories.some((pattern) => matchRepository(pattern, repository, subject.username))
+      !rule.repositories.some((pattern) =>
+        matchRepository(pattern, repository, subject.username, nameSegments),
+      )
     ) {
       continue;
     }

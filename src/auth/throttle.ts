@@ -10,15 +10,23 @@ export class ThrottledError extends Error {
   }
 }
 
+/** How many attempts pass between two sweeps of expired counters. */
+const SWEEP_EVERY = 200;
+
 /**
- * Counts failed logins per account and per client address in fixed windows,
- * in the database so that every process sees the same counts. After
- * `maxFailures` failures for an account, or `maxAddressFailures` from one
- * address, within a window, attempts under that key are turned away until the
- * window ends. The address limit is the higher one because many users can
- * share an address behind NAT. A limit of 0 turns its check off.
+ * Counts login attempts per account and per client address in fixed windows,
+ * in the database so that every process sees the same counts. Each attempt
+ * is counted before its password is checked, in one statement per key, so
+ * concurrent attempts cannot slip past the limit; a successful login then
+ * takes its attempt back. After `maxFailures` attempts for an account, or
+ * `maxAddressFailures` from one address, within a window, attempts under that
+ * key are turned away until the window ends. The address limit is the higher
+ * one because many users can share an address behind NAT. A limit of 0 turns
+ * its check off.
  */
 export class LoginThrottle {
+  private attempts = 0;
+
   constructor(
     private readonly db: Kysely<Database>,
     private readonly maxFailures: number,
@@ -26,60 +34,86 @@ export class LoginThrottle {
     private readonly windowMs: number,
   ) {}
 
-  /** Throws ThrottledError when the account or the address is over its limit. */
-  async check(username: string, address: string): Promise<void> {
-    if (this.maxFailures === 0 && this.maxAddressFailures === 0) return;
-    const now = Date.now();
-    const rows = await this.db
-      .selectFrom('auth_failures')
-      .selectAll()
-      .where('key', 'in', keys(username, address))
-      .execute();
-    for (const row of rows) {
-      const limit = row.key.startsWith('account:') ? this.maxFailures : this.maxAddressFailures;
-      const windowEnd = row.window_start + this.windowMs;
-      if (limit > 0 && windowEnd > now && row.failures >= limit) {
-        throw new ThrottledError(Math.ceil((windowEnd - now) / 1000));
-      }
-    }
+  private get enabled(): boolean {
+    return this.maxFailures > 0 || this.maxAddressFailures > 0;
   }
 
-  async recordFailure(username: string, address: string): Promise<void> {
-    if (this.maxFailures === 0 && this.maxAddressFailures === 0) return;
+  /**
+   * Counts an attempt under the account and the address; throws
+   * ThrottledError when either is over its limit.
+   */
+  async begin(username: string, address: string): Promise<void> {
+    if (!this.enabled) return;
     const now = Date.now();
-    const windowStart = now - this.windowMs;
-    for (const key of keys(username, address)) {
+    this.attempts += 1;
+    if (this.attempts % SWEEP_EVERY === 0) {
       await this.db
-        .insertInto('auth_failures')
-        .values({ key, window_start: now, failures: 1 })
-        .onConflict((oc) =>
-          oc.column('key').doUpdateSet((eb) => ({
-            // A window that has ended starts over; otherwise the count grows.
-            failures: eb
-              .case()
-              .when('auth_failures.window_start', '<=', windowStart)
-              .then(1)
-              .else(eb('auth_failures.failures', '+', 1))
-              .end(),
-            window_start: eb
-              .case()
-              .when('auth_failures.window_start', '<=', windowStart)
-              .then(now)
-              .else(eb.ref('auth_failures.window_start'))
-              .end(),
-          })),
-        )
+        .deleteFrom('auth_failures')
+        .where('window_start', '<=', now - this.windowMs)
         .execute();
     }
+
+    let retryAfter = 0;
+    for (const [key, limit] of [
+      [accountKey(username), this.maxFailures],
+      [addressKey(address), this.maxAddressFailures],
+    ] as const) {
+      if (limit === 0) continue;
+      const row = await this.increment(key, now);
+      const windowEnd = row.window_start + this.windowMs;
+      if (row.failures > limit)
+        retryAfter = Math.max(retryAfter, Math.ceil((windowEnd - now) / 1000));
+    }
+    if (retryAfter > 0) throw new ThrottledError(retryAfter);
   }
 
-  /** Clears an account's failures after a successful login; the address keeps its count. */
-  async recordSuccess(username: string): Promise<void> {
-    if (this.maxFailures === 0) return;
-    await this.db.deleteFrom('auth_failures').where('key', '=', `account:${username}`).execute();
+  /** Takes back a successful login's attempt: clears the account, uncounts the address. */
+  async succeeded(username: string, address: string): Promise<void> {
+    if (!this.enabled) return;
+    await this.db.deleteFrom('auth_failures').where('key', '=', accountKey(username)).execute();
+    await this.db
+      .updateTable('auth_failures')
+      .set((eb) => ({ failures: eb('failures', '-', 1) }))
+      .where('key', '=', addressKey(address))
+      .where('failures', '>', 0)
+      .execute();
+  }
+
+  private async increment(
+    key: string,
+    now: number,
+  ): Promise<{ failures: number; window_start: number }> {
+    const windowStart = now - this.windowMs;
+    return this.db
+      .insertInto('auth_failures')
+      .values({ key, window_start: now, failures: 1 })
+      .onConflict((oc) =>
+        oc.column('key').doUpdateSet((eb) => ({
+          // A window that has ended starts over; otherwise the count grows.
+          failures: eb
+            .case()
+            .when('auth_failures.window_start', '<=', windowStart)
+            .then(1)
+            .else(eb('auth_failures.failures', '+', 1))
+            .end(),
+          window_start: eb
+            .case()
+            .when('auth_failures.window_start', '<=', windowStart)
+            .then(now)
+            .else(eb.ref('auth_failures.window_start'))
+            .end(),
+        })),
+      )
+      .returning(['failures', 'window_start'])
+      .executeTakeFirstOrThrow();
   }
 }
 
-function keys(username: string, address: string): string[] {
-  return [`account:${username}`, `address:${address}`];
+// Keys are bounded: the username comes from the client.
+function accountKey(username: string): string {
+  return `account:${username.slice(0, 128)}`;
+}
+
+function addressKey(address: string): string {
+  return `address:${address.slice(0, 64)}`;
 }

@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { startRegistry } from '../app.js';
 import { ConfigError, loadConfig } from '../config/index.js';
 import { createLogger } from '../log.js';
+import { snapshotDatabase, SnapshotError } from '../snapshot.js';
 
 const program = new Command();
 program.name('mcr').description('mcr, a self-hosted OCI container registry');
@@ -48,6 +49,29 @@ program
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+  });
+
+program
+  .command('snapshot <path>')
+  .description(
+    'copy the metadata database to PATH while mcr runs (SQLite VACUUM INTO); see the README for backup and restore',
+  )
+  .option(
+    '-c, --config <path>',
+    'TOML configuration file (default: $MCR_CONFIG, or built-in defaults)',
+  )
+  .action((target: string, options: { config?: string }) => {
+    try {
+      const config = loadConfig({ file: options.config });
+      const result = snapshotDatabase(config, target);
+      process.stdout.write(`snapshot written to ${result.path} (${result.bytes} bytes)\n`);
+    } catch (error) {
+      if (error instanceof ConfigError || error instanceof SnapshotError) {
+        process.stderr.write(`mcr: ${error.message}\n`);
+        process.exit(2);
+      }
+      throw error;
+    }
   });
 
 program.parseAsync(process.argv).catch((error: unknown) => {

@@ -82,7 +82,8 @@ const configSchema = z.strictObject({
       schedule: z
         .string()
         .refine((value) => value === '' || (parseDuration(value) ?? 0) > 0, {
-          message: 'expected a duration such as "24h" between runs, or an empty string to turn it off',
+          message:
+            'expected a duration such as "24h" between runs, or an empty string to turn it off',
         })
         .default(''),
       upload_max_age: duration.default('24h'),
@@ -123,6 +124,12 @@ const configSchema = z.strictObject({
     .strictObject({
       record_pulls: boolean.default(false),
       retention: optionalDuration.default('2160h'),
+    })
+    .prefault({}),
+  metrics: z
+    .strictObject({
+      mode: z.enum(['off', 'auth', 'open']).default('auth'),
+      listen_addr: optionalListenAddress.default(''),
     })
     .prefault({}),
   log: z
@@ -200,6 +207,11 @@ export function loadConfig(
     );
   }
 
+  if (config.metrics.mode === 'open' && config.metrics.listen_addr === '') {
+    throw new ConfigError(
+      'invalid configuration: metrics.listen_addr is required when metrics.mode is "open", so that unauthenticated metrics stay off the registry port (MCR_METRICS_LISTEN_ADDR)',
+    );
+  }
   if (config.auth.provider === 'ldap' && (config.ldap.url === '' || config.ldap.user_dn === '')) {
     throw new ConfigError(
       'invalid configuration: ldap.url and ldap.user_dn are required when auth.provider is "ldap" (MCR_LDAP_URL, MCR_LDAP_USER_DN)',

@@ -1,6 +1,7 @@
 import type { FastifyRequest } from 'fastify';
 
 import type { Caller } from '../auth/access.js';
+import type { AccessTokens } from '../auth/access-tokens.js';
 import type { Accounts } from '../auth/accounts.js';
 import {
   LoginError,
@@ -14,6 +15,7 @@ import { RegistryError } from '../registry/errors.js';
 /** Dependencies of request authentication. */
 export interface AuthDeps {
   authenticator: Authenticator;
+  tokens: AccessTokens;
   issuer: TokenIssuer;
   accounts: Accounts;
   /** The `service` of the token flow, and the audience of every token. */
@@ -79,6 +81,7 @@ export function callerFromPrincipal(principal: Principal, address: string): Call
     kind: principal.account.kind,
     address,
     tokenScopes: principal.tokenScopes,
+    tokenId: principal.tokenId,
   };
 }
 

@@ -60,13 +60,18 @@ function httpStatusOf(error: unknown): number | undefined {
   return typeof status === 'number' ? status : undefined;
 }
 
+/**
+ * Reports whether an error came from the client hanging up mid-request. The
+ * request stream's `destroyed` flag is no evidence: it is also set once a
+ * body has been read completely.
+ */
 function clientWentAway(request: FastifyRequest, error: unknown): boolean {
   if (error instanceof RegistryError) return false;
   const code = (error as NodeJS.ErrnoException).code;
   return (
-    request.raw.destroyed ||
     code === 'ECONNRESET' ||
     code === 'ERR_STREAM_PREMATURE_CLOSE' ||
-    (error as Error).message === 'aborted'
+    (error as Error).message === 'aborted' ||
+    (request.raw.socket?.destroyed ?? false)
   );
 }

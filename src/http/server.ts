@@ -1,21 +1,31 @@
-import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 
 import type { AccessControl } from '../auth/access.js';
 import type { Registry } from '../registry/index.js';
 import type { AuthServices } from '../app.js';
+import type { Metrics } from '../metrics/index.js';
 import type { AuthDeps } from './auth.js';
 import { errorBody, sendError } from './errors.js';
+import { instrument, registerMetricsRoute } from './metrics.js';
 import { registerTokenEndpoint } from './token.js';
+import { ApiError, apiCaller, requireAdmin } from './v1/context.js';
 import { registerV1, type V1Deps } from './v1/index.js';
 import { registerV2 } from './v2/index.js';
+
+/** Milliseconds a connection may send and receive nothing before it is closed. */
+export const IDLE_TIMEOUT_MS = 60_000;
 
 export interface ServerOptions {
   registry: Registry;
   access: AccessControl;
   auth: AuthDeps;
   services: AuthServices;
+  metrics: Metrics;
+  /** Where /metrics is served: not at all, here behind admin credentials, or elsewhere. */
+  metricsMode: 'off' | 'auth' | 'open';
   checkHealth: V1Deps['checkHealth'];
+  fsck: V1Deps['fsck'];
   tokenTtlMs: number;
   refreshTokenTtlMs: number;
   log: Logger;
@@ -33,8 +43,20 @@ export function buildServer(options: ServerOptions): FastifyInstance {
     logController: new LogController({ disableRequestLogging: true }),
     exposeHeadRoutes: false,
     return503OnClosing: true,
+    // No limit on a whole request, because a large blob may take long; a
+    // connection idle this long, such as a stalled upload, is closed, which
+    // also releases its upload session.
     requestTimeout: 0,
+    connectionTimeout: IDLE_TIMEOUT_MS,
     routerOptions: { maxParamLength: 8192 },
+    // A URL the router cannot decode still gets an error in the API's own format.
+    frameworkErrors: (error, request, reply) => {
+      const message = `invalid request URL: ${error.message}`;
+      const body = request.url.startsWith('/v1/')
+        ? JSON.stringify({ error: message })
+        : errorBody('NAME_INVALID', message);
+      (reply as FastifyReply).code(400).type('application/json').send(body);
+    },
     // Unknown fields are an error, not silently dropped.
     ajv: { customOptions: { removeAdditional: false } },
     ...(options.https ? { https: { ...options.https, minVersion: 'TLSv1.3' as const } } : {}),
@@ -60,7 +82,18 @@ export function buildServer(options: ServerOptions): FastifyInstance {
     );
   });
 
-  app.setErrorHandler((error, request, reply) => sendError(request, reply, error));
+  // Errors of routes outside /v2/ and /v1 (such as /metrics) use the admin
+  // API's {"error"} form when they are ApiErrors.
+  app.setErrorHandler((error, request, reply) => {
+    if (error instanceof ApiError) {
+      return reply
+        .code(error.status)
+        .headers(error.headers)
+        .type('application/json')
+        .send(JSON.stringify({ error: error.message }));
+    }
+    return sendError(request, reply, error);
+  });
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split('?')[0] ?? '';
     const message = `no endpoint at ${request.method} ${path.slice(0, 300)}`;
@@ -81,9 +114,17 @@ export function buildServer(options: ServerOptions): FastifyInstance {
     auth: options.services,
     registry: options.registry,
     checkHealth: options.checkHealth,
+    fsck: options.fsck,
   });
+  instrument(app, options.metrics);
+  if (options.metricsMode === 'auth') {
+    registerMetricsRoute(app, options.metrics, async (request) => {
+      requireAdmin(await apiCaller(request, options.services));
+    });
+  }
   registerV2(app, {
     registry: options.registry,
+    metrics: options.metrics,
     access: options.access,
     auth: options.auth,
     audit: options.services.audit,

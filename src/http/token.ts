@@ -2,9 +2,16 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
 import type { AccessControl, Action, Caller } from '../auth/access.js';
 import type { AccessEntry } from '../auth/jwt.js';
+import type { PolicyAction } from '../auth/policy.js';
 import { RegistryError } from '../registry/errors.js';
 import { validateRepositoryName } from '../registry/names.js';
-import { basicCredentials, callerFromPrincipal, loginFailure, type AuthDeps } from './auth.js';
+import {
+  basicCredentials,
+  callerFromPrincipal,
+  loginFailure,
+  unauthorized,
+  type AuthDeps,
+} from './auth.js';
 import { sendError } from './errors.js';
 
 export interface TokenEndpointDeps extends AuthDeps {
@@ -117,7 +124,16 @@ async function handleGet(request: FastifyRequest, reply: FastifyReply, deps: Tok
   );
   checkService(query.get('service'), deps);
 
-  const credentials = basicCredentials(request.headers.authorization);
+  const header = request.headers.authorization;
+  const credentials = basicCredentials(header);
+  if (header !== undefined && !credentials) {
+    // A malformed header is an error, never a silent anonymous token.
+    throw unauthorized(
+      request,
+      deps,
+      'malformed Authorization header: send Basic credentials or none',
+    );
+  }
   const caller = credentials
     ? await login(request, deps, credentials.username, credentials.password)
     : { address: request.ip };
@@ -138,7 +154,7 @@ async function handleGet(request: FastifyRequest, reply: FastifyReply, deps: Tok
     issued_at: issued.issuedAt.toISOString(),
   };
   if (query.get('offline_token') === 'true' && caller.username !== undefined) {
-    body.refresh_token = await refreshToken(deps, caller.username);
+    body.refresh_token = await refreshToken(deps, caller);
   }
   logIssue(request, caller, access);
   sendJson(reply, body);
@@ -160,25 +176,10 @@ async function handlePost(request: FastifyRequest, reply: FastifyReply, deps: To
       });
     }
     caller = await login(request, deps, username, password);
-    if (form.get('access_type') === 'offline') refresh = await refreshToken(deps, username);
+    if (form.get('access_type') === 'offline') refresh = await refreshToken(deps, caller);
   } else if (grantType === 'refresh_token') {
     const token = form.get('refresh_token') ?? '';
-    const verified = await deps.issuer.verify(token, deps.service, 'refresh');
-    const account = verified?.subject
-      ? await deps.accounts.findByName(verified.subject)
-      : undefined;
-    if (!account || account.disabled) {
-      throw new RegistryError(
-        'UNAUTHORIZED',
-        'refresh token is invalid or expired, or its account is disabled; log in again',
-      );
-    }
-    caller = {
-      username: account.username,
-      role: account.role,
-      kind: account.kind,
-      address: request.ip,
-    };
+    caller = await callerFromRefreshToken(request, deps, token);
     refresh = token;
   } else {
     throw new RegistryError(
@@ -223,15 +224,64 @@ async function login(
   }
 }
 
-async function refreshToken(deps: TokenEndpointDeps, username: string): Promise<string> {
+/**
+ * Issues a refresh token that carries the limits of the login it came from:
+ * the access token's scopes and id, so that revoking the access token also
+ * ends its refresh tokens.
+ */
+async function refreshToken(deps: TokenEndpointDeps, caller: Caller): Promise<string> {
   const issued = await deps.issuer.issue({
-    subject: username,
+    subject: caller.username,
     audience: deps.service,
     access: [],
     ttlMs: deps.refreshTokenTtlMs,
     kind: 'refresh',
+    claims: {
+      ...(caller.tokenScopes ? { scp: caller.tokenScopes } : {}),
+      ...(caller.tokenId !== undefined ? { tid: caller.tokenId } : {}),
+    },
   });
   return issued.token;
+}
+
+/**
+ * Turns a refresh token back into its caller. It fails when the token is
+ * invalid or expired, the account is disabled or changed after the token was
+ * issued (a new password, for example), or the access token it came from was
+ * revoked or expired.
+ */
+async function callerFromRefreshToken(
+  request: FastifyRequest,
+  deps: TokenEndpointDeps,
+  token: string,
+): Promise<Caller> {
+  const refused = new RegistryError(
+    'UNAUTHORIZED',
+    'refresh token is invalid, expired or revoked, or its account changed; log in again',
+  );
+  const verified = await deps.issuer.verify(token, deps.service, 'refresh');
+  if (!verified?.subject) throw refused;
+  const account = await deps.accounts.findByName(verified.subject);
+  // Tokens carry whole seconds, so compare at that resolution.
+  if (
+    !account ||
+    account.disabled ||
+    Math.floor(account.updatedAt / 1000) * 1000 > verified.issuedAt
+  ) {
+    throw refused;
+  }
+
+  const tokenId = verified.claims.tid;
+  if (typeof tokenId === 'number' && !(await deps.tokens.isActive(tokenId))) throw refused;
+  const scopes = verified.claims.scp;
+  return {
+    username: account.username,
+    role: account.role,
+    kind: account.kind,
+    address: request.ip,
+    tokenScopes: Array.isArray(scopes) ? (scopes as PolicyAction[]) : null,
+    tokenId: typeof tokenId === 'number' ? tokenId : undefined,
+  };
 }
 
 /** Splits repeated and space-separated scope parameters into parsed scopes. */

@@ -285,6 +285,37 @@ export const MIGRATIONS: Migration[] = [
       await db.schema.createIndex('blobs_created').on('blobs').column('created_at').execute();
     },
   },
+  {
+    version: 4,
+    name: 'blob tombstones and blob commits for online garbage collection',
+    async up(db) {
+      await db.schema
+        .createTable('blob_tombstones')
+        .addColumn('digest', 'text', (col) => col.primaryKey())
+        .addColumn('holder', 'text', (col) => col.notNull())
+        .addColumn('created_at', 'bigint', (col) => col.notNull())
+        .execute();
+
+      await db.schema
+        .createTable('blob_commits')
+        .addColumn('storage_key', 'text', (col) => col.primaryKey())
+        .addColumn('digest', 'text', (col) => col.notNull())
+        .addColumn('started_at', 'bigint', (col) => col.notNull())
+        .execute();
+      await db.schema
+        .createIndex('blob_commits_digest')
+        .on('blob_commits')
+        .column('digest')
+        .execute();
+
+      await db.schema.createIndex('uploads_updated').on('uploads').column('updated_at').execute();
+      await db.schema
+        .createIndex('uploads_storage_key')
+        .on('uploads')
+        .column('storage_key')
+        .execute();
+    },
+  },
 ];
 
 /**

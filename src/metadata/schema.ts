@@ -165,6 +165,27 @@ export interface LocksTable {
   expires_at: EpochMs;
 }
 
+/**
+ * A blob whose row garbage collection deleted and whose bytes it is deleting.
+ * While the row exists, no upload may commit the same digest.
+ */
+export interface BlobTombstonesTable {
+  digest: string;
+  /** The GC lock holder that deletes the bytes. */
+  holder: string;
+  created_at: EpochMs;
+}
+
+/**
+ * An upload whose bytes are being moved into the blob store under `digest`.
+ * While the row exists, garbage collection keeps the blob.
+ */
+export interface BlobCommitsTable {
+  storage_key: string;
+  digest: string;
+  started_at: EpochMs;
+}
+
 export interface SchemaMigrationsTable {
   version: number;
   name: string;
@@ -187,5 +208,7 @@ export interface Database {
   audit_events: AuditEventsTable;
   gc_runs: GcRunsTable;
   locks: LocksTable;
+  blob_tombstones: BlobTombstonesTable;
+  blob_commits: BlobCommitsTable;
   schema_migrations: SchemaMigrationsTable;
 }

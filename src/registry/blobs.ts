@@ -116,16 +116,22 @@ export async function recordBlob(
   return row.id;
 }
 
-/** Lets a repository serve a blob; linking twice is harmless. */
+/**
+ * Lets a repository serve a blob. Linking again moves the link's created_at
+ * to now. Garbage collection keeps blobs linked within its grace period, so
+ * a client that uploads or mounts a blob it pushed long ago gets as much time
+ * to push the manifest that references it as for a new blob.
+ */
 export async function linkBlob(
   trx: Transaction<Database>,
   repositoryId: number,
   blobId: number,
 ): Promise<void> {
+  const now = Date.now();
   await trx
     .insertInto('repository_blobs')
-    .values({ repository_id: repositoryId, blob_id: blobId, created_at: Date.now() })
-    .onConflict((oc) => oc.columns(['repository_id', 'blob_id']).doNothing())
+    .values({ repository_id: repositoryId, blob_id: blobId, created_at: now })
+    .onConflict((oc) => oc.columns(['repository_id', 'blob_id']).doUpdateSet({ created_at: now }))
     .execute();
 }
 

@@ -114,10 +114,11 @@ export class Manifests {
       const manifestId = await this.upsertManifest(trx, repositoryId, digest, content, manifest);
 
       await trx.deleteFrom('manifest_references').where('manifest_id', '=', manifestId).execute();
-      if (references.length > 0) {
+      // In batches, because SQLite limits the variables of one statement.
+      for (const batch of chunks(references, 500)) {
         await trx
           .insertInto('manifest_references')
-          .values(references.map((ref) => ({ manifest_id: manifestId, ...ref })))
+          .values(batch.map((ref) => ({ manifest_id: manifestId, ...ref })))
           .onConflict((oc) => oc.columns(['manifest_id', 'digest']).doNothing())
           .execute();
       }

@@ -1,5 +1,6 @@
 import { randomUUID, type Hash } from 'node:crypto';
 
+import { commitBlob } from '../gc/tombstones.js';
 import { UploadNotFoundError } from '../storage/types.js';
 import { linkBlob, recordBlob } from './blobs.js';
 import type { CoreContext } from './core.js';
@@ -122,8 +123,10 @@ export class Uploads {
         verifyDigest(actual, digest, 'the upload was cancelled');
       }
 
-      await this.ctx.store.commitUpload(row.storage_key, digest, offset);
-      await this.ctx.db.transaction().execute(async (trx) => {
+      // commitBlob keeps garbage collection from deleting the digest's file
+      // between storing the bytes and recording the row.
+      const upload = { key: row.storage_key, digest, size: offset };
+      await commitBlob(this.ctx, upload, async (trx) => {
         const blobId = await recordBlob(trx, digest.value, offset);
         await linkBlob(trx, row.repository_id, blobId);
         await trx.deleteFrom('uploads').where('id', '=', row.id).execute();
@@ -158,17 +161,16 @@ export class Uploads {
       size = await this.ctx.store.appendUpload(key, 0, metered(body, hash, length));
       checkLength(size, length);
       verifyDigest(`${digest.algorithm}:${hash.digest('hex')}`, digest, 'the upload was discarded');
-      await this.ctx.store.commitUpload(key, digest, size);
+      await commitBlob(this.ctx, { key, digest, size }, async (trx) => {
+        const repositoryId = await ensureRepository(trx, repository);
+        const blobId = await recordBlob(trx, digest.value, size);
+        await linkBlob(trx, repositoryId, blobId);
+      });
     } catch (error) {
       await this.ctx.store.abortUpload(key);
       throw error;
     }
 
-    await this.ctx.db.transaction().execute(async (trx) => {
-      const repositoryId = await ensureRepository(trx, repository);
-      const blobId = await recordBlob(trx, digest.value, size);
-      await linkBlob(trx, repositoryId, blobId);
-    });
     this.ctx.log.info({ repository, digest: digest.value, size }, 'blob upload completed');
     return { digest: digest.value, size };
   }

@@ -57,10 +57,10 @@ export class FilesystemBlobStore implements BlobStore {
     return path.join(this.uploadsDir, key);
   }
 
-  async stat(digest: Digest): Promise<{ size: number } | undefined> {
+  async stat(digest: Digest): Promise<{ size: number; modifiedAt: number } | undefined> {
     try {
       const info = await stat(this.blobPath(digest));
-      return { size: info.size };
+      return { size: info.size, modifiedAt: info.mtimeMs };
     } catch (error) {
       if (isNotFound(error)) return undefined;
       throw error;

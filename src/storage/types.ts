@@ -23,8 +23,8 @@ export type CommitOutcome = 'stored' | 'existing';
  * registry core (letters, digits and dashes only).
  */
 export interface BlobStore {
-  /** Returns the stored size of a blob, or undefined when its bytes are absent. */
-  stat(digest: Digest): Promise<{ size: number } | undefined>;
+  /** Returns a blob's stored size and write time, or undefined when its bytes are absent. */
+  stat(digest: Digest): Promise<{ size: number; modifiedAt: number } | undefined>;
 
   /** Opens a blob for reading; rejects with BlobNotFoundError when it is absent. */
   read(digest: Digest, range?: ByteRange): Promise<Readable>;

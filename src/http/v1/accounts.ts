@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 
+import type { Caller } from '../../auth/access.js';
 import type { AccessToken } from '../../auth/access-tokens.js';
 import type { Account } from '../../auth/accounts.js';
 import { ACCOUNT_KINDS, ROLES } from '../../auth/identity.js';
@@ -89,6 +90,20 @@ function tokenJson(token: AccessToken) {
     revoked_at: iso(token.revokedAt),
     created_at: iso(token.createdAt),
   };
+}
+
+/**
+ * Throws 403 for a caller that logged in with a scope-limited access token
+ * without the admin scope: such a token must not mint or revoke tokens, or
+ * it could issue itself an unlimited one.
+ */
+function requireUnlimitedCredential(caller: Caller): void {
+  if (caller.tokenScopes && !caller.tokenScopes.includes('admin')) {
+    throw new ApiError(
+      403,
+      `an access token limited to ${caller.tokenScopes.join(', ')} cannot manage tokens; log in with a password`,
+    );
+  }
 }
 
 /** Registers /v1/accounts and /v1/accounts/{name}/tokens. */
@@ -236,9 +251,17 @@ export function registerAccountRoutes(app: FastifyInstance, { auth }: V1Deps): v
     async (request, reply) => {
       const caller = await apiCaller(request, auth);
       if (caller.username !== request.params.name) requireAdmin(caller);
+      requireUnlimitedCredential(caller);
+      const expiresAt = request.body.expires_at ? Date.parse(request.body.expires_at) : null;
+      if (Number.isNaN(expiresAt)) {
+        throw new ApiError(
+          400,
+          `invalid expires_at "${request.body.expires_at}": use an ISO 8601 time`,
+        );
+      }
       const { token, secret } = await auth.tokens.create(request.params.name, {
         name: request.body.name,
-        expiresAt: request.body.expires_at ? Date.parse(request.body.expires_at) : null,
+        expiresAt,
         scopes: request.body.scopes ?? null,
       });
       await audit(auth, caller, {
@@ -270,6 +293,7 @@ export function registerAccountRoutes(app: FastifyInstance, { auth }: V1Deps): v
     async (request, reply) => {
       const caller = await apiCaller(request, auth);
       if (caller.username !== request.params.name) requireAdmin(caller);
+      requireUnlimitedCredential(caller);
       const token = await auth.tokens.revoke(request.params.name, request.params.id);
       await audit(auth, caller, {
         type: 'token.revoke',

@@ -3,6 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { AuthServices } from '../../app.js';
 import type { AuditEventInput } from '../../audit/log.js';
 import type { Caller } from '../../auth/access.js';
+import type { Fsck } from '../../fsck/index.js';
 import { LoginError, ThrottledError } from '../../auth/authenticator.js';
 import type { Registry } from '../../registry/index.js';
 import { basicCredentials, callerFromPrincipal } from '../auth.js';
@@ -13,6 +14,7 @@ export interface V1Deps {
   registry: Registry;
   /** Checks that the database and blob storage answer, for the health endpoint. */
   checkHealth(): Promise<Record<string, { ok: boolean; error?: string }>>;
+  fsck: Fsck;
 }
 
 /** An admin API failure: rendered as `{"error": message}` with its status. */

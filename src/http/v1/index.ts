@@ -7,6 +7,8 @@ import { AccountError } from '../../auth/accounts.js';
 import { PolicyValidationError } from '../../auth/policy.js';
 import { registerAccountRoutes } from './accounts.js';
 import { registerAuditRoutes } from './audit.js';
+import { registerFsckRoutes } from './fsck.js';
+import { registerGcRoutes } from './gc.js';
 import { ApiError, sendJson, type V1Deps } from './context.js';
 import { registerHealthRoutes } from './health.js';
 import { registerPolicyRoutes } from './policies.js';
@@ -84,6 +86,8 @@ export async function registerV1(app: FastifyInstance, deps: V1Deps): Promise<vo
     registerAccountRoutes(v1, deps);
     registerPolicyRoutes(v1, deps);
     registerAuditRoutes(v1, deps);
+    registerFsckRoutes(v1, deps);
+    registerGcRoutes(v1, deps);
 
     v1.get('/v1/openapi.json', async (_request, reply) => {
       sendJson(reply, 200, v1.swagger());

@@ -24,14 +24,15 @@ type Target =
 
 /**
  * Splits the path after /v1/repositories/. Repository names contain slashes,
- * so the tag routes are recognised from the right: NAME/tags and NAME/tags/TAG.
+ * so tags live under a "-" segment, which no repository name can contain:
+ * NAME/-/tags and NAME/-/tags/TAG.
  */
 function parseTarget(path: string): Target {
-  const tag = /^(.+)\/tags\/([^/]+)$/.exec(path);
+  const tag = /^(.+)\/-\/tags\/([^/]+)$/.exec(path);
   const target: Target = tag
     ? { kind: 'tag', name: tag[1] as string, tag: decodeURIComponent(tag[2] as string) }
-    : path.endsWith('/tags')
-      ? { kind: 'tags', name: path.slice(0, -'/tags'.length) }
+    : path.endsWith('/-/tags')
+      ? { kind: 'tags', name: path.slice(0, -'/-/tags'.length) }
       : { kind: 'repository', name: path };
   try {
     validateRepositoryName(target.name);
@@ -80,14 +81,14 @@ export function registerRepositoryRoutes(app: FastifyInstance, { auth, registry 
     {
       schema: {
         tags: ['repositories'],
-        summary: 'Show a repository (NAME) or list its tags (NAME/tags)',
+        summary: 'Show a repository (NAME) or list its tags (NAME/-/tags)',
         querystring: { type: 'object', additionalProperties: false, properties: pageQuery },
       },
     },
     async (request, reply) => {
       await adminCaller(request, auth);
       const target = parseTarget(wildcard(request));
-      if (target.kind === 'tag') throw new ApiError(405, 'use DELETE on a tag, or GET NAME/tags');
+      if (target.kind === 'tag') throw new ApiError(405, 'use DELETE on a tag, or GET NAME/-/tags');
 
       const detail = await registry.admin.get(target.name);
       if (!detail) throw new ApiError(404, `repository ${target.name} not found`);
@@ -136,7 +137,7 @@ export function registerRepositoryRoutes(app: FastifyInstance, { auth, registry 
     {
       schema: {
         tags: ['repositories'],
-        summary: 'Delete a repository (NAME) or a tag (NAME/tags/TAG)',
+        summary: 'Delete a repository (NAME) or a tag (NAME/-/tags/TAG)',
       },
     },
     async (request, reply) => {

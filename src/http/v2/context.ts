@@ -2,6 +2,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 
 import type { AuditEventInput, AuditLog } from '../../audit/log.js';
 import type { AccessControl, Action, Caller } from '../../auth/access.js';
+import type { Metrics } from '../../metrics/index.js';
 import { RegistryError } from '../../registry/errors.js';
 import { unauthorized, type AuthDeps } from '../auth.js';
 import type { Registry } from '../../registry/index.js';
@@ -9,6 +10,7 @@ import type { Registry } from '../../registry/index.js';
 /** What the /v2/ handlers share. */
 export interface V2Deps {
   registry: Registry;
+  metrics: Metrics;
   access: AccessControl;
   auth: AuthDeps;
   audit: AuditLog;
@@ -144,4 +146,15 @@ export function pageSize(call: V2Call): number | undefined {
     );
   }
   return n;
+}
+
+/** Passes a request body through, counting its bytes as received blob data. */
+export async function* countReceived(
+  body: AsyncIterable<Uint8Array>,
+  metrics: Metrics,
+): AsyncIterable<Uint8Array> {
+  for await (const chunk of body) {
+    metrics.blobBytesReceived(chunk.length);
+    yield chunk;
+  }
 }

@@ -4,6 +4,7 @@ import { RegistryError } from '../../registry/errors.js';
 import { validateRepositoryName } from '../../registry/index.js';
 import { authenticate, unauthorized } from '../auth.js';
 import { sendError } from '../errors.js';
+import { setRouteLabel } from '../metrics.js';
 import { deleteBlob, getBlob } from './blobs.js';
 import type { V2Call, V2Deps } from './context.js';
 import { listCatalog, listReferrers, listTags } from './listings.js';
@@ -13,7 +14,7 @@ import { cancelUpload, finishUpload, patchUpload, startUpload, uploadStatus } fr
 
 export type { V2Deps } from './context.js';
 
-const METHODS = ['GET', 'HEAD', 'PUT', 'PATCH', 'POST', 'DELETE'] as const;
+const METHODS = ['GET', 'HEAD', 'PUT', 'PATCH', 'POST', 'DELETE', 'OPTIONS'] as const;
 
 /** Registers the OCI distribution API under /v2/. */
 export function registerV2(app: FastifyInstance, deps: V2Deps): void {
@@ -45,6 +46,7 @@ export function registerV2(app: FastifyInstance, deps: V2Deps): void {
 
 async function dispatch(call: V2Call, route: V2Route | undefined): Promise<void> {
   const method = call.request.method;
+  setRouteLabel(call.request, route ? `/v2/${route.kind}` : '/v2/unknown');
   if (!route) throw notFound(call);
 
   if (route.kind === 'base') {

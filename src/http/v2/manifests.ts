@@ -63,6 +63,7 @@ export async function putManifest(call: V2Call, name: string, ref: string): Prom
     call.request.headers['content-type'],
   );
 
+  call.deps.metrics.manifestPushed();
   await recordAudit(call, {
     type: 'manifest.push',
     repository: name,

@@ -2,7 +2,15 @@ import { parseDigest } from '../../registry/digest.js';
 import { RegistryError } from '../../registry/errors.js';
 import { rangeHeader, validateRepositoryName, type ChunkRange } from '../../registry/index.js';
 import type { UploadSession } from '../../registry/uploads.js';
-import { authorize, contentLength, hasBody, location, namePath, type V2Call } from './context.js';
+import {
+  authorize,
+  contentLength,
+  countReceived,
+  hasBody,
+  location,
+  namePath,
+  type V2Call,
+} from './context.js';
 
 /** How many repositories holding a blob a mount without `from` considers. */
 const MOUNT_CANDIDATES = 50;
@@ -32,7 +40,7 @@ export async function startUpload(call: V2Call, name: string): Promise<void> {
     const blob = await uploads.monolithic(
       name,
       digest,
-      call.request.raw,
+      countReceived(call.request.raw, call.deps.metrics),
       contentLength(call.request),
     );
     sendBlobCreated(call, name, blob.digest);
@@ -46,7 +54,7 @@ export async function startUpload(call: V2Call, name: string): Promise<void> {
 export async function patchUpload(call: V2Call, name: string, id: string): Promise<void> {
   await authorize(call, name, 'push');
   const session = await call.deps.registry.uploads.append(name, id, {
-    body: call.request.raw,
+    body: countReceived(call.request.raw, call.deps.metrics),
     range: parseContentRange(call.request.headers['content-range']),
     length: contentLength(call.request),
   });
@@ -67,7 +75,7 @@ export async function finishUpload(call: V2Call, name: string, id: string): Prom
 
   const lastChunk = hasBody(call.request)
     ? {
-        body: call.request.raw,
+        body: countReceived(call.request.raw, call.deps.metrics),
         range: parseContentRange(call.request.headers['content-range']),
         length: contentLength(call.request),
       }
