@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -84,6 +84,9 @@ export async function startServer(options: StartOptions = {}): Promise<TestServe
     }, 20_000);
     const lines = createInterface({ input: child.stdout! });
     lines.on('line', (line) => {
+      // MCR_TEST_SERVER_LOG names a file that collects every server's log, for debugging.
+      if (process.env.MCR_TEST_SERVER_LOG)
+        appendFileSync(process.env.MCR_TEST_SERVER_LOG, `${line}\n`);
       let entry: Record<string, unknown>;
       try {
         entry = JSON.parse(line) as Record<string, unknown>;
