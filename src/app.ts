@@ -42,7 +42,7 @@ export interface AuthServices {
   audit: AuditLog;
 }
 
-/** A running registry: its HTTP server and what it stands on. */
+/** A running registry: its HTTP server and the services behind it. */
 export interface RunningRegistry {
   app: FastifyInstance;
   metadata: MetadataDb;
@@ -232,7 +232,7 @@ function createAuthServices(config: Config, metadata: MetadataDb, log: Logger): 
   return { accounts, tokens, policies, authenticator, issuer, sessions, audit };
 }
 
-/** The token service name: configured, or the external URL's host, or "mcr". */
+/** Returns the token service name: configured, or the external URL's host, or "mcr". */
 function serviceName(config: Config): string {
   if (config.auth.service) return config.auth.service;
   if (config.server.external_url) return new URL(config.server.external_url).host;

@@ -11,7 +11,7 @@ export interface SnapshotResult {
   bytes: number;
 }
 
-/** A snapshot that could not be taken; the message says why and what to do. */
+/** A snapshot that could not be taken; the message gives the reason and the fix. */
 export class SnapshotError extends Error {
   constructor(message: string) {
     super(message);

@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import type { Dialect } from '../metadata/migrations.js';
 import type { AuditEventsTable, Database } from '../metadata/schema.js';
 
-/** How an audited action ended. */
+/** The outcome of an audited action. */
 export type AuditOutcome = 'success' | 'failure' | 'denied';
 
 /** An event to record; the log adds the time and the chain hashes. */

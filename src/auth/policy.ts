@@ -189,7 +189,7 @@ function matchSegment(glob: string, text: string): boolean {
   return g === glob.length;
 }
 
-/** The subject strings a rule may name that cover this caller. */
+/** Lists the subject strings a rule may name that cover this caller. */
 function subjectKeys(subject: PolicySubject): Set<string> {
   if (subject.username === undefined) return new Set(['anonymous']);
   const keys = new Set(['*', `account:${subject.username}`]);
@@ -243,12 +243,12 @@ export function evaluate(
     }
   }
 
-  const who = subject.username ?? 'an anonymous caller';
-  const what = repository === null ? action : `${action} on ${repository}`;
-  if (!best) return { allowed: false, reason: `no rule allows ${who} to ${what}` };
+  const caller = subject.username ?? 'an anonymous caller';
+  const request = repository === null ? action : `${action} on ${repository}`;
+  if (!best) return { allowed: false, reason: `no rule allows ${caller} to ${request}` };
   return {
     allowed: best.effect === 'allow',
-    reason: `rule ${best.id} (priority ${best.priority}, ${best.effect}: ${best.description || 'no description'}) matches ${who} for ${what}`,
+    reason: `rule ${best.id} (priority ${best.priority}, ${best.effect}: ${best.description || 'no description'}) matches ${caller} for ${request}`,
     rule: best,
   };
 }

@@ -7,7 +7,7 @@ import type { Database } from '../metadata/schema.js';
 import { parseDigest, type Digest } from '../registry/digest.js';
 import { BlobNotFoundError, type BlobStore } from '../storage/types.js';
 
-/** What fsck found, and what --repair removed. */
+/** The findings of fsck and the removals of --repair. */
 export interface FsckReport {
   blobsChecked: number;
   bytesChecked: number;

@@ -8,7 +8,7 @@ export interface RepositorySummary {
   name: string;
   tagCount: number;
   manifestCount: number;
-  /** Bytes of the distinct blobs the repository holds plus its manifests. */
+  /** Bytes of the distinct blobs linked to the repository plus its manifests. */
   sizeBytes: number;
   createdAt: number;
 }
