@@ -117,6 +117,22 @@ export async function startRegistry(
       deleteUntagged: config.gc.delete_untagged,
       uploadMaxAgeMs: config.gcUploadMaxAgeMs,
     },
+    onFinished: (run) =>
+      auth.audit.record({
+        type: 'gc.run',
+        actor: null,
+        outcome: run.state === 'succeeded' ? 'success' : 'failure',
+        details: {
+          run: run.id,
+          trigger: run.trigger,
+          dryRun: run.dryRun,
+          blobsDeleted: run.blobsDeleted,
+          bytesFreed: run.bytesFreed,
+          manifestsDeleted: run.manifestsDeleted,
+          uploadsDeleted: run.uploadsDeleted,
+          error: run.error,
+        },
+      }),
   });
   // The /v1/gc routes read the collector from this decoration.
   app.decorate(GC_DECORATOR, gc);

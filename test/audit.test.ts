@@ -163,6 +163,13 @@ describe('audit events', () => {
     assert.equal((await api('DELETE', `/v1/policies/${rule.id}`)).status, 204);
     assert.equal((await api('DELETE', '/v1/repositories/audited/app')).status, 204);
     assert.equal((await api('DELETE', '/v1/accounts/alice')).status, 204);
+    const gc = (await (await api('POST', '/v1/gc', { dry_run: true })).json()) as { id: number };
+    // The run is audited once it has finished, just after its state changes.
+    for (let i = 0; i < 100; i++) {
+      const runEvents = await events('&type=gc.run');
+      if (runEvents.some((event) => event.details.run === gc.id)) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
 
     const recorded = await events();
     const find = (type: string, where: (event: Event) => boolean = () => true) =>
@@ -203,6 +210,8 @@ describe('audit events', () => {
     assert.ok(find('policy.update'));
     assert.ok(find('policy.delete', (e) => e.details.ruleId === rule.id));
     assert.ok(find('repository.delete', (e) => e.repository === 'audited/app'));
+    assert.ok(find('gc.start', (e) => e.details.run === gc.id));
+    assert.ok(find('gc.run', (e) => e.details.run === gc.id && e.outcome === 'success'));
 
     const text = JSON.stringify(recorded);
     assert.ok(!text.includes('alice-password'));

@@ -40,6 +40,8 @@ export interface CollectorOptions {
   lockTtlMs: number;
   /** Values for the run options a caller leaves out. */
   defaults: { deleteUntagged: boolean; uploadMaxAgeMs: number };
+  /** Called with each finished run, succeeded or failed, for the audit log. */
+  onFinished?: (run: GcRun) => Promise<void>;
 }
 
 export interface RunOptions {
@@ -318,6 +320,15 @@ export class GarbageCollector {
           log.error({ err: error, run: id }, 'failed to release the garbage collection lock'),
         );
       if (this.active?.id === id) this.active = undefined;
+    }
+
+    const finished = await this.runs.get(id).catch(() => undefined);
+    if (finished && this.options.onFinished) {
+      await this.options
+        .onFinished(finished)
+        .catch((error: unknown) =>
+          log.error({ err: error, run: id }, 'failed to report a finished garbage collection run'),
+        );
     }
   }
 
