@@ -176,6 +176,25 @@ describe('garbage collection killed during a sweep', () => {
       assert.deepEqual(await pullProblems(server, 'crash/app', image.tag), []);
     }
     assert.deepEqual(await pullProblems(server, 'crash/again', 'v1'), []);
+
+    // fsck, the operator's own check, agrees that nothing is damaged.
+    const fsck = await server.fetch('/v1/fsck', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{}',
+    });
+    const lines = (await fsck.text()).trim().split('\n');
+    const report = JSON.parse(lines[lines.length - 1] as string) as {
+      type: string;
+      clean: boolean;
+      corrupt: unknown[];
+      missingBytes: unknown[];
+      brokenManifests: unknown[];
+    };
+    assert.equal(report.type, 'report');
+    assert.deepEqual(report.corrupt, []);
+    assert.deepEqual(report.missingBytes, []);
+    assert.deepEqual(report.brokenManifests, []);
   });
 
   it('recovers a tombstone that a crashed run left', async () => {
