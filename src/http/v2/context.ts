@@ -56,12 +56,8 @@ export async function authorizeAny(
   }
 
   const scope = challengeScope(repository, actions);
-  await recordAudit(call, {
-    type: 'access.denied',
-    repository,
-    outcome: 'denied',
-    details: { actions, method: call.request.method, path: call.request.url.split('?')[0] },
-  });
+  // A request without credentials is the first step of the token flow, not a
+  // denial; every refusal after that is audited.
   if (call.caller.username === undefined && !call.caller.grants) {
     throw unauthorized(call.request, auth, 'authentication required', scope);
   }
@@ -72,6 +68,12 @@ export async function authorizeAny(
       }
     }
   }
+  await recordAudit(call, {
+    type: 'access.denied',
+    repository,
+    outcome: 'denied',
+    details: { actions, method: call.request.method, path: call.request.url.split('?')[0] },
+  });
   if (call.caller.username === undefined) {
     throw unauthorized(call.request, auth, 'authentication required', scope);
   }
