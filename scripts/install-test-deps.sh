@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs against: the container
-# clients (skopeo, podman, buildah), umoci for building images without a
-# network, the reference registry (docker-registry), jq, and the OpenLDAP
-# server and command-line tools (slapd, ldap-utils) and openssl for the LDAP
-# tests. Safe
-# to run again: packages already present are skipped. Needs root (apt-get).
+# clients (skopeo, podman, buildah, containerd with ctr, and docker.io for
+# dockerd and the Docker CLI), umoci for building images without a network,
+# the reference registry (docker-registry), jq, and slapd, ldap-utils and
+# openssl for the LDAP tests. The tests start their own daemons. Safe to run
+# again: packages already present are skipped. Needs root (apt-get).
 set -euo pipefail
 
-packages=(skopeo podman buildah umoci docker-registry jq slapd ldap-utils openssl)
+packages=(skopeo podman buildah umoci docker-registry jq slapd ldap-utils openssl containerd docker.io)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -56,6 +56,9 @@ export class Authenticator {
     }
   >();
 
+  private readonly inFlight = new Map<string, Promise<Principal>>();
+  private readonly queues = new Map<string, Promise<unknown>>();
+
   constructor(
     private readonly accounts: Accounts,
     private readonly tokens: AccessTokens,
@@ -88,8 +91,43 @@ export class Authenticator {
       this.cache.delete(cacheKey);
     }
 
+    // Identical credentials arriving together share one verification, and
+    // the logins of one account run one at a time, so that each sees the
+    // failures recorded before it.
+    const pending = this.inFlight.get(cacheKey);
+    if (pending) return pending;
+    const attempt = this.serialize(username, () =>
+      this.attempt(username, secret, address, cacheKey),
+    );
+    this.inFlight.set(cacheKey, attempt);
     try {
-      await this.throttle.begin(username, address);
+      return await attempt;
+    } finally {
+      this.inFlight.delete(cacheKey);
+    }
+  }
+
+  private async attempt(
+    username: string,
+    secret: string,
+    address: string,
+    cacheKey: string,
+  ): Promise<Principal> {
+    const cached = this.cache.get(cacheKey);
+    if (cached && cached.expiresAt > Date.now()) {
+      const account = await this.accounts.findById(cached.accountId);
+      if (account && !account.disabled && account.username === username) {
+        return {
+          account,
+          tokenScopes: cached.tokenScopes,
+          tokenId: cached.tokenId,
+          method: cached.method,
+        };
+      }
+    }
+
+    try {
+      await this.throttle.check(username, address);
     } catch (error) {
       await this.audit?.record({
         type: 'login',
@@ -106,6 +144,7 @@ export class Authenticator {
       principal = await this.verify(username, secret);
     } catch (error) {
       if (!(error instanceof LoginError)) throw error;
+      await this.throttle.failed(username, address);
       this.log.warn(
         { account: username.slice(0, 64), client: address, reason: error.reason },
         'login failed',
@@ -120,7 +159,7 @@ export class Authenticator {
       throw error;
     }
 
-    await this.throttle.succeeded(username, address);
+    await this.throttle.succeeded(username);
     await this.audit?.record({
       type: 'login',
       actor: username,
@@ -137,6 +176,19 @@ export class Authenticator {
       expiresAt: Math.min(Date.now() + CREDENTIAL_CACHE_MS, principal.expiresAt ?? Infinity),
     });
     return principal;
+  }
+
+  /** Runs `operation` after every earlier login of the same account has finished. */
+  private async serialize<T>(username: string, operation: () => Promise<T>): Promise<T> {
+    const key = username.slice(0, 128);
+    const previous = this.queues.get(key) ?? Promise.resolve();
+    const current = previous.catch(() => undefined).then(operation);
+    this.queues.set(key, current);
+    try {
+      return await current;
+    } finally {
+      if (this.queues.get(key) === current) this.queues.delete(key);
+    }
   }
 
   /** Drops every remembered login of an account (after it is changed or a token revoked). */

@@ -14,15 +14,14 @@ export class ThrottledError extends Error {
 const SWEEP_EVERY = 200;
 
 /**
- * Counts login attempts per account and per client address in fixed windows,
- * in the database so that every process sees the same counts. Each attempt
- * is counted before its password is checked, in one statement per key, so
- * concurrent attempts cannot slip past the limit; a successful login then
- * takes its attempt back. After `maxFailures` attempts for an account, or
- * `maxAddressFailures` from one address, within a window, attempts under that
- * key are turned away until the window ends. The address limit is the higher
- * one because many users can share an address behind NAT. A limit of 0 turns
- * its check off.
+ * Counts failed logins per account and per client address in fixed windows,
+ * in the database so that every process sees the same counts. After
+ * `maxFailures` failures for an account, or `maxAddressFailures` from one
+ * address, within a window, attempts under that key are turned away until
+ * the window ends. The address limit is the higher one because many users
+ * can share an address behind NAT. A limit of 0 turns its check off. The
+ * Authenticator runs the logins of one account one at a time, so parallel
+ * attempts each see the failures before them.
  */
 export class LoginThrottle {
   private attempts = 0;
@@ -38,11 +37,8 @@ export class LoginThrottle {
     return this.maxFailures > 0 || this.maxAddressFailures > 0;
   }
 
-  /**
-   * Counts an attempt under the account and the address; throws
-   * ThrottledError when either is over its limit.
-   */
-  async begin(username: string, address: string): Promise<void> {
+  /** Throws ThrottledError when the account or the address is over its limit. */
+  async check(username: string, address: string): Promise<void> {
     if (!this.enabled) return;
     const now = Date.now();
     this.attempts += 1;
@@ -53,30 +49,34 @@ export class LoginThrottle {
         .execute();
     }
 
+    const rows = await this.db
+      .selectFrom('auth_failures')
+      .selectAll()
+      .where('key', 'in', [accountKey(username), addressKey(address)])
+      .execute();
     let retryAfter = 0;
-    for (const [key, limit] of [
-      [accountKey(username), this.maxFailures],
-      [addressKey(address), this.maxAddressFailures],
-    ] as const) {
-      if (limit === 0) continue;
-      const row = await this.increment(key, now);
+    for (const row of rows) {
+      const limit = row.key.startsWith('account:') ? this.maxFailures : this.maxAddressFailures;
       const windowEnd = row.window_start + this.windowMs;
-      if (row.failures > limit)
+      if (limit > 0 && windowEnd > now && row.failures >= limit) {
         retryAfter = Math.max(retryAfter, Math.ceil((windowEnd - now) / 1000));
+      }
     }
     if (retryAfter > 0) throw new ThrottledError(retryAfter);
   }
 
-  /** Takes back a successful login's attempt: clears the account, uncounts the address. */
-  async succeeded(username: string, address: string): Promise<void> {
+  /** Counts a failed login under the account and the address. */
+  async failed(username: string, address: string): Promise<void> {
+    if (!this.enabled) return;
+    const now = Date.now();
+    await this.increment(accountKey(username), now);
+    await this.increment(addressKey(address), now);
+  }
+
+  /** Clears the account's failures after a successful login; the address keeps its count. */
+  async succeeded(username: string): Promise<void> {
     if (!this.enabled) return;
     await this.db.deleteFrom('auth_failures').where('key', '=', accountKey(username)).execute();
-    await this.db
-      .updateTable('auth_failures')
-      .set((eb) => ({ failures: eb('failures', '-', 1) }))
-      .where('key', '=', addressKey(address))
-      .where('failures', '>', 0)
-      .execute();
   }
 
   private async increment(

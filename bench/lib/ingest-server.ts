@@ -1,0 +1,45 @@
+// A minimal node:http server that receives a request body, hashes it with
+// SHA-256 and writes it to a file: the ceiling for a blob push on this
+// machine. bench/run.ts starts it as a child process with a directory as
+// the only argument, reads the port from the first line of stdout, and stops
+// it with SIGTERM.
+import { createHash } from 'node:crypto';
+import { createWriteStream, rmSync } from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+
+const directory = process.argv[2];
+if (directory === undefined) {
+  console.error('usage: node ingest-server.js DIRECTORY');
+  process.exit(2);
+}
+
+let uploads = 0;
+const server = http.createServer((req, res) => {
+  const file = path.join(directory, `upload-${uploads++}`);
+  const hash = createHash('sha256');
+  const hashing = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      hash.update(chunk);
+      callback(null, chunk);
+    },
+  });
+  pipeline(req, hashing, createWriteStream(file))
+    .then(() => {
+      rmSync(file, { force: true });
+      res.writeHead(201, { 'docker-content-digest': `sha256:${hash.digest('hex')}` }).end();
+    })
+    .catch((error: unknown) => {
+      console.error(`ingest failed: ${String(error)}`);
+      res.writeHead(500).end();
+    });
+});
+
+server.listen(0, '127.0.0.1', () => {
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error('server has no port');
+  console.log(String(address.port));
+});
+process.on('SIGTERM', () => server.close(() => process.exit(0)));

@@ -1,0 +1,240 @@
+// Runs mcr and the reference registry (CNCF Distribution 2.8,
+// /usr/bin/docker-registry) side by side on loopback, each with a fresh data
+// directory, runs every workload against both in alternating order, and
+// prints the median of each figure with the ratio mcr/reference. Run it after
+// a build:
+//   npm run build && node dist/bench/run.js [--quick]
+// --quick runs once with small sizes, for the smoke test.
+import { readdirSync, readFileSync } from 'node:fs';
+import http from 'node:http';
+
+import { ADMIN_PASSWORD, ADMIN_USER, basicAuth, startServer } from '../test/helpers/server.js';
+import { startReference } from '../test/helpers/reference.js';
+import { measureIngest, measureSha256, startIngestServer } from './lib/ceilings.js';
+import { MiB, type Target } from './lib/http.js';
+import {
+  createRepositories,
+  FULL_SIZES,
+  QUICK_SIZES,
+  runBigBlob,
+  runCatalogWalk,
+  runManifestLoad,
+  runSmallBlobs,
+  runTags,
+  type Figures,
+} from './lib/workloads.js';
+
+/** Name, unit and better direction of one figure in the table. */
+interface FigureSpec {
+  name: string;
+  unit: string;
+  better: 'higher' | 'lower' | 'info';
+}
+
+const FIGURES: FigureSpec[] = [
+  { name: 'blob push, monolithic', unit: 'MiB/s', better: 'higher' },
+  { name: 'blob push, chunked', unit: 'MiB/s', better: 'higher' },
+  { name: 'blob GET', unit: 'MiB/s', better: 'higher' },
+  { name: 'small blob push', unit: 'blobs/s', better: 'higher' },
+  { name: 'manifest GET', unit: 'req/s', better: 'higher' },
+  { name: 'manifest GET p50', unit: 'ms', better: 'lower' },
+  { name: 'manifest GET p99', unit: 'ms', better: 'lower' },
+  { name: 'manifest HEAD', unit: 'req/s', better: 'higher' },
+  { name: 'manifest HEAD p50', unit: 'ms', better: 'lower' },
+  { name: 'manifest HEAD p99', unit: 'ms', better: 'lower' },
+  { name: 'tag creation', unit: 'tags/s', better: 'higher' },
+  { name: 'tags listing, full', unit: 'ms', better: 'lower' },
+  { name: 'tags listing, pages', unit: 'ms', better: 'lower' },
+  { name: 'tags listing, page count', unit: 'pages', better: 'info' },
+  { name: 'catalog walk', unit: 'ms', better: 'lower' },
+  { name: 'catalog page count', unit: 'pages', better: 'info' },
+  { name: 'peak RSS (VmHWM)', unit: 'MiB', better: 'lower' },
+];
+
+type Workload = (target: Target, rep: number) => Promise<Figures>;
+
+const quick = process.argv.includes('--quick');
+const sizes = quick ? QUICK_SIZES : FULL_SIZES;
+const reps = quick ? 1 : 3;
+
+/** Reads VmHWM (peak resident set size) of a process from /proc, in MiB. */
+function peakRssMiB(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const match = /^VmHWM:\s+(\d+) kB$/m.exec(status);
+  if (!match) throw new Error(`/proc/${pid}/status has no VmHWM line`);
+  return Number(match[1]) / 1024;
+}
+
+/**
+ * Finds the pid of the reference registry, a direct child of this process
+ * running /usr/bin/docker-registry, because its helper does not expose it.
+ */
+function findReferencePid(): number {
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const status = readFileSync(`/proc/${entry}/status`, 'utf8');
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+      if (
+        status.includes(`\nPPid:\t${process.pid}\n`) &&
+        cmdline.startsWith('/usr/bin/docker-registry')
+      ) {
+        return Number(entry);
+      }
+    } catch {
+      // The process exited while we looked; skip it.
+    }
+  }
+  throw new Error('no /usr/bin/docker-registry child process found');
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1
+    ? (sorted[middle] as number)
+    : ((sorted[middle - 1] as number) + (sorted[middle] as number)) / 2;
+}
+
+function format(value: number): string {
+  if (!Number.isFinite(value)) return 'n/a';
+  if (Math.abs(value) >= 100) return value.toFixed(0);
+  if (Math.abs(value) >= 10) return value.toFixed(1);
+  return value.toFixed(2);
+}
+
+function printTable(header: string[], rows: string[][]): void {
+  const widths = header.map((cell, i) =>
+    Math.max(cell.length, ...rows.map((row) => (row[i] ?? '').length)),
+  );
+  const line = (cells: string[]) =>
+    cells
+      .map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0)))
+      .join('  ');
+  console.log(line(header));
+  console.log(widths.map((width) => '-'.repeat(width)).join('  '));
+  for (const row of rows) console.log(line(row));
+}
+
+const mcr = await startServer();
+const reference = await startReference();
+const ingest = await startIngestServer();
+const targets: Target[] = [
+  {
+    name: 'mcr',
+    url: mcr.url,
+    // mcr caches verified Basic credentials for 30 s, so each request after
+    // the first skips the password hash.
+    headers: { authorization: basicAuth(ADMIN_USER, ADMIN_PASSWORD) },
+    agent: new http.Agent({ keepAlive: true }),
+    singlePostUpload: true,
+  },
+  {
+    name: 'reference',
+    url: reference.url,
+    headers: {},
+    agent: new http.Agent({ keepAlive: true }),
+    singlePostUpload: false,
+  },
+];
+const pids = new Map([
+  ['mcr', mcr.process.pid!],
+  ['reference', findReferencePid()],
+]);
+
+/** Each target's values of each figure, one per repetition. */
+const results = new Map<string, Map<string, number[]>>(targets.map((t) => [t.name, new Map()]));
+const ceilings = { sha256: [] as number[], ingest: [] as number[] };
+
+const workloads: Array<[string, Workload]> = [
+  ['big blob', (target, rep) => runBigBlob(target, sizes, rep + 1, `bench/big-r${rep}`)],
+  ['small blobs', (target, rep) => runSmallBlobs(target, sizes, rep, `bench/small-r${rep}`)],
+  ['manifest load', (target, rep) => runManifestLoad(target, sizes, rep, `bench/load-r${rep}`)],
+  ['tags', (target, rep) => runTags(target, sizes, rep, `bench/tags-r${rep}`)],
+  ['catalog', (target) => runCatalogWalk(target, sizes)],
+];
+
+const startedAt = Date.now();
+try {
+  for (const target of targets) {
+    console.error(`setup: creating ${sizes.repositories} repositories on ${target.name}`);
+    await createRepositories(target, sizes);
+  }
+
+  for (let rep = 0; rep < reps; rep++) {
+    const order = rep % 2 === 0 ? targets : [...targets].reverse();
+    for (const [label, workload] of workloads) {
+      for (const target of order) {
+        console.error(`run ${rep + 1}/${reps}: ${label} on ${target.name}`);
+        const figures = await workload(target, rep);
+        const byFigure = results.get(target.name)!;
+        for (const [name, value] of Object.entries(figures)) {
+          byFigure.set(name, [...(byFigure.get(name) ?? []), value]);
+        }
+      }
+    }
+    ceilings.sha256.push(measureSha256(sizes.bigBlobBytes));
+    ceilings.ingest.push(await measureIngest(ingest, sizes.bigBlobBytes, 1000 + rep));
+  }
+
+  for (const target of targets) {
+    results.get(target.name)!.set('peak RSS (VmHWM)', [peakRssMiB(pids.get(target.name)!)]);
+  }
+} finally {
+  for (const target of targets) target.agent.destroy();
+  await ingest.stop();
+  await reference.stop();
+  await mcr.cleanup();
+}
+
+const sizeLabel = (bytes: number) =>
+  bytes >= 1024 * MiB ? `${bytes / 1024 / MiB} GiB` : `${bytes / MiB} MiB`;
+console.log(
+  `mcr vs reference registry (CNCF Distribution 2.8), ${quick ? 'quick run, 1 repetition' : `median of ${reps} repetitions`}, ${((Date.now() - startedAt) / 1000).toFixed(0)} s`,
+);
+console.log(
+  `big blob ${sizeLabel(sizes.bigBlobBytes)}, chunks ${sizeLabel(sizes.chunkBytes)}, ${sizes.smallBlobs} small blobs of ${sizes.smallBlobBytes} B with ${sizes.clients} clients, ` +
+    `manifest load ${sizes.loadSeconds} s with ${sizes.loadConnections} connections, ${sizes.tags} tags, ${sizes.repositories} repositories, pages of ${sizes.pageSize}`,
+);
+console.log('');
+
+const rows = FIGURES.map((spec) => {
+  const mcrValue = median(results.get('mcr')!.get(spec.name) ?? [NaN]);
+  const referenceValue = median(results.get('reference')!.get(spec.name) ?? [NaN]);
+  const better = spec.better === 'info' ? '' : `${spec.better} is better`;
+  return [
+    spec.name,
+    spec.unit,
+    format(mcrValue),
+    format(referenceValue),
+    format(mcrValue / referenceValue),
+    better,
+  ];
+});
+printTable(['figure', 'unit', 'mcr', 'reference', 'mcr/ref', ''], rows);
+
+console.log('');
+const sha = median(ceilings.sha256);
+const ingestRate = median(ceilings.ingest);
+const mcrMonolithic = median(results.get('mcr')!.get('blob push, monolithic') ?? [NaN]);
+printTable(
+  ['machine ceiling', 'unit', 'value'],
+  [
+    ['SHA-256, one core', 'MiB/s', format(sha)],
+    ['node:http receive+hash+write', 'MiB/s', format(ingestRate)],
+    ['mcr monolithic push / that ceiling', 'fraction', format(mcrMonolithic / ingestRate)],
+  ],
+);
+
+console.log('');
+console.log('notes:');
+console.log(
+  '- reference has no single-POST upload: its monolithic push is POST then PUT with the whole body.',
+);
+console.log('- small blob push uses POST then PUT ?digest= on both registries.');
+console.log('- reference ignores n on tags/list (Distribution 2.8), so its tag walk is one page.');
+console.log('- mcr requests carry Basic credentials; the reference runs without authentication.');
+console.log(
+  "- the load generator runs in this process and shares the machine's cores with both registries.",
+);
+console.log('- peak RSS is read once, after all workloads, from /proc/PID/status.');
