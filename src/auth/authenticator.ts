@@ -9,7 +9,7 @@ import { TOKEN_PREFIX, type AccessTokens } from './access-tokens.js';
 import { ACCOUNT_NAME_PATTERN, type IdentityProvider } from './identity.js';
 import { verifyPassword } from './passwords.js';
 import type { PolicyAction } from './policy.js';
-import { ThrottledError, type LoginThrottle } from './throttle.js';
+import type { LoginThrottle } from './throttle.js';
 
 /** The result of a successful login: the account and, for an access token, its limits. */
 export interface Principal {
@@ -241,9 +241,4 @@ export class Authenticator {
     const account = await this.accounts.upsertExternal(identity, this.provider.name);
     return { account, tokenScopes: null, method: 'password' };
   }
-}
-
-/** Reports whether a login failure was caused by throttling. */
-export function isThrottled(error: unknown): error is ThrottledError {
-  return error instanceof ThrottledError;
 }

@@ -70,22 +70,6 @@ export class Blobs {
     if (result.numDeletedRows === 0n) throw blobUnknown(repository, digest.value);
   }
 
-  /**
-   * Finds a blob held by another repository, for a mount. Returns the id of
-   * the blob row when `from` holds the blob.
-   */
-  async findInRepository(repository: string, digest: string): Promise<number | undefined> {
-    const row = await this.ctx.db
-      .selectFrom('blobs')
-      .innerJoin('repository_blobs', 'repository_blobs.blob_id', 'blobs.id')
-      .innerJoin('repositories', 'repositories.id', 'repository_blobs.repository_id')
-      .select('blobs.id')
-      .where('repositories.name', '=', repository)
-      .where('blobs.digest', '=', digest)
-      .executeTakeFirst();
-    return row?.id;
-  }
-
   /** Lists up to `limit` repositories that hold a blob, for a mount without `from`. */
   async repositoriesHolding(digest: string, limit: number): Promise<string[]> {
     const rows = await this.ctx.db
