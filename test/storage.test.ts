@@ -50,6 +50,15 @@ describe('filesystem blob store', () => {
     );
   });
 
+  it('gathers many small chunks into whole writes', async () => {
+    const { store } = await newStore();
+    const chunks = Array.from({ length: 3000 }, (_, i) => randomBytes(700 + (i % 13)));
+    const data = Buffer.concat(chunks);
+    await store.createUpload('many');
+    assert.equal(await store.appendUpload('many', 0, Readable.from(chunks)), data.length);
+    assert.deepEqual(await collect(await store.readUpload('many', data.length)), data);
+  });
+
   it('overwrites bytes a failed append left past the offset', async () => {
     const { store } = await newStore();
     await store.createUpload('u2');

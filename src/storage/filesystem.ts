@@ -1,5 +1,5 @@
 import { constants, type Dirent } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 
@@ -75,9 +75,11 @@ export class FilesystemBlobStore implements BlobStore {
       if (isNotFound(error)) throw new BlobNotFoundError(digest.value);
       throw error;
     }
-    return handle.createReadStream(
-      range ? { start: range.start, end: range.end, autoClose: true } : { autoClose: true },
-    );
+    return handle.createReadStream({
+      ...(range ? { start: range.start, end: range.end } : {}),
+      autoClose: true,
+      highWaterMark: IO_CHUNK_BYTES,
+    });
   }
 
   async createUpload(key: string): Promise<void> {
@@ -100,14 +102,19 @@ export class FilesystemBlobStore implements BlobStore {
 
     let position = offset;
     try {
+      // Network chunks are small (often 64 KiB); gathering them into writes
+      // of about IO_CHUNK_BYTES saves system calls without holding more.
+      let batch: Uint8Array[] = [];
+      let batched = 0;
       for await (const chunk of source) {
-        let written = 0;
-        while (written < chunk.length) {
-          const result = await handle.write(chunk, written, chunk.length - written, position);
-          written += result.bytesWritten;
-          position += result.bytesWritten;
-        }
+        batch.push(chunk);
+        batched += chunk.length;
+        if (batched < IO_CHUNK_BYTES) continue;
+        position += await writeAll(handle, batch, batched, position);
+        batch = [];
+        batched = 0;
       }
+      if (batched > 0) position += await writeAll(handle, batch, batched, position);
       // Drops whatever an earlier, failed append left beyond this one's end.
       await handle.truncate(position);
     } finally {
@@ -198,6 +205,33 @@ export class FilesystemBlobStore implements BlobStore {
       }
     }
   }
+}
+
+/** Size of reads and of gathered writes, in bytes. */
+const IO_CHUNK_BYTES = 1024 * 1024;
+
+/** Writes every buffer at `position`, finishing a partial vectored write byte by byte. */
+async function writeAll(
+  handle: FileHandle,
+  buffers: Uint8Array[],
+  length: number,
+  position: number,
+): Promise<number> {
+  const { bytesWritten } = await handle.writev(buffers, position);
+  if (bytesWritten === length) return length;
+
+  const rest = Buffer.concat(buffers, length).subarray(bytesWritten);
+  let written = 0;
+  while (written < rest.length) {
+    const result = await handle.write(
+      rest,
+      written,
+      rest.length - written,
+      position + bytesWritten + written,
+    );
+    written += result.bytesWritten;
+  }
+  return length;
 }
 
 async function exists(file: string): Promise<boolean> {
