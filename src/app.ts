@@ -255,7 +255,7 @@ function serviceName(config: Config): string {
   return 'mcr';
 }
 
-/** Checks that the database answers a query and that blob storage is writable. */
+/** Checks that the database runs a query and that blob storage is writable. */
 async function checkHealth(
   metadata: MetadataDb,
   store: FilesystemBlobStore,

@@ -33,11 +33,10 @@ async function json(
 ): Promise<{ status: number; body: Record<string, unknown> }> {
   const headers: Record<string, string> = {};
   if (body !== undefined) headers['content-type'] = 'application/json';
-  const init: RequestInit = {
-    method,
-    headers,
-    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-  };
+  let payload: string | undefined;
+  if (typeof body === 'string') payload = body;
+  else if (body !== undefined) payload = JSON.stringify(body);
+  const init: RequestInit = { method, headers, body: payload };
   const response =
     authorization === undefined
       ? await server.fetch(target, init)

@@ -213,7 +213,7 @@ describe('referrers', () => {
     assert.equal(byDigest.size, 3);
     assert.equal(byDigest.get(sbom)?.artifactType, 'application/spdx+json');
     assert.equal(byDigest.get(sbom)?.mediaType, OCI_MANIFEST);
-    // Without artifactType, an image manifest's config media type stands in.
+    // Without artifactType, an image manifest's config media type is used instead.
     assert.equal(
       byDigest.get(signature)?.artifactType,
       'application/vnd.dev.cosign.simplesigning.v1+json',

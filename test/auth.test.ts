@@ -339,7 +339,7 @@ describe('policy enforcement with Basic credentials', () => {
     assert.equal((await as('alice', 'alice-password', '/v2/team/app/manifests/v1')).status, 200);
   });
 
-  it('falls back to an upload when the caller may not pull the mount source', async () => {
+  it('falls back when mount source is unreadable', async () => {
     const image = await pushImage(server, 'secret/src', 'v1');
     await server.fetch('/v1/policies', {
       method: 'POST',

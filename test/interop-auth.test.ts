@@ -1,6 +1,6 @@
 // Logs real clients (skopeo, podman) in to mcr with accounts and access
 // tokens, and checks that pushes and pulls succeed or fail exactly as the
-// accounts, tokens and policy say.
+// accounts, tokens and policy decide.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

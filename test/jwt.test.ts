@@ -136,7 +136,7 @@ describe('TokenIssuer', () => {
     assert.ok(await issuer.verify(refresh.token, 'mcr', 'refresh'));
   });
 
-  it('rejects a token from a key that was rotated away, and accepts the new key', async () => {
+  it('rotates keys and retires old tokens', async () => {
     const { issuer, keysDir } = newIssuer();
     const old = await issuer.issue({
       subject: 'alice',

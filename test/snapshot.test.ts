@@ -33,7 +33,7 @@ async function snapshot(dataDir: string, target: string): Promise<string> {
 }
 
 describe('mcr snapshot', () => {
-  it('copies a consistent database during a push burst, and a restored registry serves it', async () => {
+  it('snapshot during pushes restores intact', async () => {
     let pushing = true;
     let pushed = 0;
     const burst = Array.from({ length: 8 }, async (_, worker) => {

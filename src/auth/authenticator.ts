@@ -92,7 +92,7 @@ export class Authenticator {
     }
 
     // Identical credentials arriving together share one verification, and
-    // the logins of one account run one at a time, so that each sees the
+    // the logins of one account run one at a time, so that each reads the
     // failures recorded before it.
     const pending = this.inFlight.get(cacheKey);
     if (pending) return pending;

@@ -15,7 +15,7 @@ const SWEEP_EVERY = 200;
 
 /**
  * Counts failed logins per account and per client address in fixed windows,
- * in the database so that every process sees the same counts. After
+ * in the database so that every process reads the same counts. After
  * `maxFailures` failures for an account, or `maxAddressFailures` from one
  * address, within a window, attempts under that key are turned away until
  * the window ends. The address limit is the higher one because many users

@@ -33,10 +33,12 @@ const stringList = z.preprocess(
   z.array(z.string()),
 );
 
-const boolean = z.preprocess(
-  (value) => (value === 'true' ? true : value === 'false' ? false : value),
-  z.boolean(),
-);
+/** A boolean, written in the environment as "true" or "false". */
+const boolean = z.preprocess((value) => {
+  if (value === 'true') return true;
+  if (value === 'false') return false;
+  return value;
+}, z.boolean());
 
 const integer = z.preprocess(
   (value) => (typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value),
@@ -235,7 +237,7 @@ export function loadConfig(
   };
 }
 
-/** Every key the environment can override: MCR_ plus the upper-cased section and key. */
+/** Lists every key the environment can override: MCR_ plus the upper-cased section and key. */
 function environmentKeys(): Array<{ path: string[]; name: string }> {
   const keys: Array<{ path: string[]; name: string }> = [];
   for (const [key, value] of Object.entries(configSchema.shape)) {

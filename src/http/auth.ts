@@ -86,7 +86,7 @@ export function callerFromPrincipal(principal: Principal, address: string): Call
 }
 
 /**
- * Works out who is calling from the Authorization header: nobody (anonymous),
+ * Identifies the caller from the Authorization header: anonymous (no header),
  * Basic credentials (password or access token), or a bearer token this
  * registry issued. Bad credentials are an error, never a silent fallback to
  * anonymous.

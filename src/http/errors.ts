@@ -2,7 +2,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 
 import { RegistryError } from '../registry/errors.js';
 
-/** The body of an error response in the distribution specification's format. */
+/** Builds the body of an error response in the distribution specification's format. */
 export function errorBody(code: string, message: string, detail?: unknown): string {
   return JSON.stringify({
     errors: [{ code, message, ...(detail === undefined ? {} : { detail }) }],

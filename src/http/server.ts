@@ -22,7 +22,7 @@ export interface ServerOptions {
   auth: AuthDeps;
   services: AuthServices;
   metrics: Metrics;
-  /** Where /metrics is served: not at all, here behind admin credentials, or elsewhere. */
+  /** Placement of /metrics: off, here behind admin credentials, or on its own address. */
   metricsMode: 'off' | 'auth' | 'open';
   checkHealth: V1Deps['checkHealth'];
   fsck: V1Deps['fsck'];

@@ -142,7 +142,7 @@ export interface AuditEventsTable {
 
 export interface GcRunsTable {
   id: Generated<number>;
-  /** What started the run: 'api', 'cli', 'schedule'. */
+  /** Origin of the run: 'api', 'cli' or 'schedule'. */
   trigger: string;
   state: 'running' | 'succeeded' | 'failed';
   dry_run: number;

@@ -19,7 +19,7 @@ export interface BlobInfo {
 export class Blobs {
   constructor(private readonly ctx: CoreContext) {}
 
-  /** Returns the blob's size if the repository holds it; throws BLOB_UNKNOWN otherwise. */
+  /** Returns the blob's size if the repository contains it, and throws BLOB_UNKNOWN otherwise. */
   async stat(repository: string, digest: Digest): Promise<BlobInfo> {
     const row = await this.ctx.db
       .selectFrom('blobs')

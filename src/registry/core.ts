@@ -5,7 +5,7 @@ import type { Dialect } from '../metadata/migrations.js';
 import type { Database } from '../metadata/schema.js';
 import type { BlobStore } from '../storage/types.js';
 
-/** What every part of the registry core works with. */
+/** Dependencies of every part of the registry core. */
 export interface CoreContext {
   db: Kysely<Database>;
   dialect: Dialect;

@@ -31,7 +31,7 @@ export async function ensureRepository(db: Executor, name: string): Promise<numb
 }
 
 /**
- * Deletes a repository that holds no manifest, blob or upload session. The
+ * Deletes a repository that contains no manifest, blob or upload session. The
  * conditions and the delete are one statement, so a concurrent push that
  * already added content keeps the repository.
  */

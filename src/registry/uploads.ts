@@ -301,7 +301,7 @@ export class Uploads {
 
   /**
    * Removes a session and its data. A repository that the session created
-   * and that holds nothing else goes with it, so a cancelled upload leaves no
+   * and that contains nothing else goes with it, so a cancelled upload leaves no
    * trace in the tag list.
    */
   private async discard(row: { id: string; storage_key: string; repository_id: number }) {

@@ -14,7 +14,7 @@ export interface StoredUpload {
   modifiedAt: number;
 }
 
-/** What committing an upload did with its bytes. */
+/** The fate of an upload's bytes at commit: stored, or discarded as a duplicate. */
 export type CommitOutcome = 'stored' | 'existing';
 
 /**

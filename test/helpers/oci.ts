@@ -45,7 +45,7 @@ export async function pushBlob(
   return digest;
 }
 
-/** A descriptor of bytes with a media type. */
+/** Builds the descriptor of some bytes with a media type. */
 export function descriptor(mediaType: string, data: Buffer | string) {
   const bytes = Buffer.from(data);
   return { mediaType, digest: sha256(bytes), size: bytes.length };

@@ -15,7 +15,7 @@ export const MCR_ENTRY = path.resolve(
 export const ADMIN_USER = 'admin';
 export const ADMIN_PASSWORD = 'test-admin-password';
 
-/** An Authorization header value for Basic credentials. */
+/** Builds an Authorization header value for Basic credentials. */
 export function basicAuth(username: string, password: string): string {
   return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
 }

@@ -18,6 +18,7 @@ import {
   printLine,
   printMoreNote,
   printNote,
+  printPage,
   printTable,
 } from './output.js';
 import { confirmAction, isInteractive, promptSecret, readStdinSecret } from './prompt.js';
@@ -94,23 +95,21 @@ function registerAccount(account: Command): void {
         'list accounts',
         pageOptions(options),
       );
-      if (globalOptions(command).json) {
-        printJson({ accounts: page.items, next_cursor: page.next_cursor });
-        return;
-      }
-      printTable(
+      printPage(
+        globalOptions(command).json,
+        'accounts',
+        page,
         ['username', 'role', 'kind', 'provider', 'disabled', 'created'],
-        page.items.map((item) => [
+        (item) => [
           item.username,
           item.role,
           item.kind,
           item.provider,
           item.disabled ? 'yes' : 'no',
           formatTime(item.created_at),
-        ]),
+        ],
         'no accounts found',
       );
-      printMoreNote(page.next_cursor);
     },
   );
 

@@ -4,15 +4,7 @@ import type { ApiClient, PageOptions } from './client.js';
 import { addPageOptions, pageOptions, type RawPageOptions } from './common.js';
 import { globalOptions, resolveSession } from './context.js';
 import { CliError, ExitCode, usageError } from './errors.js';
-import {
-  formatTime,
-  printJson,
-  printLine,
-  printMoreNote,
-  printNote,
-  printTable,
-  shortDigest,
-} from './output.js';
+import { formatTime, printJson, printLine, printNote, printPage, shortDigest } from './output.js';
 import { parsePointInTime, parsePositiveInteger } from './time.js';
 
 interface AuditEvent {
@@ -140,12 +132,7 @@ per line (JSON Lines) instead of one document.`,
       page,
       filters,
     );
-    if (json) {
-      printJson({ events: result.items, next_cursor: result.next_cursor });
-      return;
-    }
-    printTable(HEAD, result.items.map(eventRow), 'no audit events found');
-    printMoreNote(result.next_cursor);
+    printPage(json, 'events', result, HEAD, eventRow, 'no audit events found');
   });
 
   audit

@@ -5,14 +5,7 @@ import { apiPath, type ApiClient } from './client.js';
 import { addPageOptions, pageOptions, type RawPageOptions } from './common.js';
 import { globalOptions, resolveSession } from './context.js';
 import { CliError, ExitCode, usageError } from './errors.js';
-import {
-  formatBytes,
-  formatTime,
-  printFields,
-  printJson,
-  printMoreNote,
-  printTable,
-} from './output.js';
+import { formatBytes, formatTime, printFields, printJson, printPage } from './output.js';
 import { checkDuration } from './time.js';
 
 /** Polling interval of gc run --wait, in milliseconds. */
@@ -235,11 +228,10 @@ progress and, with --wait, with 1 when the run fails.`,
       'list garbage collection runs',
       pageOptions(options),
     );
-    if (json) {
-      printJson({ runs: page.items, next_cursor: page.next_cursor });
-      return;
-    }
-    printTable(
+    printPage(
+      json,
+      'runs',
+      page,
       [
         'id',
         'state',
@@ -253,7 +245,7 @@ progress and, with --wait, with 1 when the run fails.`,
         'uploads',
         'error',
       ],
-      page.items.map((run) => [
+      (run) => [
         run.id,
         run.state,
         run.trigger,
@@ -265,9 +257,8 @@ progress and, with --wait, with 1 when the run fails.`,
         run.manifests_deleted,
         run.uploads_deleted,
         run.error,
-      ]),
+      ],
       'no garbage collection runs found',
     );
-    printMoreNote(page.next_cursor);
   });
 }

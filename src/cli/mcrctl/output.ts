@@ -119,3 +119,23 @@ export function formatList(values: readonly string[] | null | undefined): string
   if (!values || values.length === 0) return null;
   return values.join(',');
 }
+
+/**
+ * Prints one page of a list: as `{KEY: items, next_cursor}` with --json, or
+ * else as a table followed by a note on how to fetch the next page.
+ */
+export function printPage<T>(
+  json: boolean | undefined,
+  key: string,
+  page: { items: T[]; next_cursor: string | null },
+  head: string[],
+  row: (item: T) => Cell[],
+  emptyNote: string,
+): void {
+  if (json) {
+    printJson({ [key]: page.items, next_cursor: page.next_cursor });
+    return;
+  }
+  printTable(head, page.items.map(row), emptyNote);
+  printMoreNote(page.next_cursor);
+}

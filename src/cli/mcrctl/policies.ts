@@ -8,15 +8,7 @@ import { apiPath } from './client.js';
 import { addPageOptions, pageOptions, type RawPageOptions } from './common.js';
 import { globalOptions, resolveSession } from './context.js';
 import { usageError } from './errors.js';
-import {
-  formatList,
-  formatTime,
-  printFields,
-  printJson,
-  printLine,
-  printMoreNote,
-  printTable,
-} from './output.js';
+import { formatList, formatTime, printFields, printJson, printLine, printPage } from './output.js';
 
 const ACTIONS = ['pull', 'push', 'delete', 'catalog', 'admin'];
 
@@ -154,11 +146,10 @@ export function registerPolicyCommands(program: Command): void {
         'list policy rules',
         pageOptions(options),
       );
-      if (globalOptions(command).json) {
-        printJson({ rules: page.items, next_cursor: page.next_cursor });
-        return;
-      }
-      printTable(
+      printPage(
+        globalOptions(command).json,
+        'rules',
+        page,
         [
           'id',
           'priority',
@@ -169,7 +160,7 @@ export function registerPolicyCommands(program: Command): void {
           'enabled',
           'description',
         ],
-        page.items.map((rule) => [
+        (rule) => [
           rule.id,
           rule.priority,
           rule.effect,
@@ -178,10 +169,9 @@ export function registerPolicyCommands(program: Command): void {
           formatList(rule.repositories),
           rule.enabled ? 'yes' : 'no',
           rule.description,
-        ]),
+        ],
         'no policy rules found',
       );
-      printMoreNote(page.next_cursor);
     },
   );
 

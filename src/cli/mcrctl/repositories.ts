@@ -12,6 +12,7 @@ import {
   printJson,
   printLine,
   printMoreNote,
+  printPage,
   printTable,
   shortDigest,
 } from './output.js';
@@ -59,22 +60,20 @@ export function registerRepositoryCommands(program: Command): void {
         'list repositories',
         pageOptions(options),
       );
-      if (globalOptions(command).json) {
-        printJson({ repositories: page.items, next_cursor: page.next_cursor });
-        return;
-      }
-      printTable(
+      printPage(
+        globalOptions(command).json,
+        'repositories',
+        page,
         ['name', 'tags', 'manifests', 'size', 'created'],
-        page.items.map((item) => [
+        (item) => [
           item.name,
           item.tag_count,
           item.manifest_count,
           formatBytes(item.size_bytes),
           formatTime(item.created_at),
-        ]),
+        ],
         'no repositories found',
       );
-      printMoreNote(page.next_cursor);
     },
   );
 

@@ -8,11 +8,11 @@ import { LoginError, ThrottledError } from '../../auth/authenticator.js';
 import type { Registry } from '../../registry/index.js';
 import { basicCredentials, callerFromPrincipal } from '../auth.js';
 
-/** What the admin API handlers share. */
+/** Dependencies shared by the admin API handlers. */
 export interface V1Deps {
   auth: AuthServices;
   registry: Registry;
-  /** Checks that the database and blob storage answer, for the health endpoint. */
+  /** Checks that the database and blob storage respond, for the health endpoint. */
   checkHealth(): Promise<Record<string, { ok: boolean; error?: string }>>;
   fsck: Fsck;
 }

@@ -7,7 +7,7 @@ import { RegistryError } from '../../registry/errors.js';
 import { unauthorized, type AuthDeps } from '../auth.js';
 import type { Registry } from '../../registry/index.js';
 
-/** What the /v2/ handlers share. */
+/** Dependencies shared by the /v2/ handlers. */
 export interface V2Deps {
   registry: Registry;
   metrics: Metrics;
@@ -85,8 +85,8 @@ export async function authorizeAny(
 }
 
 /**
- * The scope a client must ask for, named after the first (preferred) action.
- * A push asks for pull too, as the reference registry does.
+ * Returns the scope a client must request, named after the first (preferred)
+ * action. A push requests pull too, as the reference registry does.
  */
 function challengeScope(repository: string | null, actions: Action[]): string {
   if (repository === null) return 'registry:catalog:*';
