@@ -12,7 +12,6 @@ import { Accounts } from './auth/accounts.js';
 import { Authenticator } from './auth/authenticator.js';
 import type { IdentityProvider } from './auth/identity.js';
 import { TokenIssuer } from './auth/jwt.js';
-import { LdapIdentityProvider } from './auth/ldap.js';
 import { PolicyStore } from './auth/policy.js';
 import { Sessions } from './auth/sessions.js';
 import { LoginThrottle } from './auth/throttle.js';
@@ -74,7 +73,7 @@ export async function startRegistry(
     url: config.database.url,
   });
 
-  const auth = createAuthServices(config, metadata, log);
+  const auth = await createAuthServices(config, metadata, log);
   await auth.accounts.ensureAdmin(env.MCR_ADMIN_PASSWORD, config.dataDir);
 
   const metrics = new Metrics(metadata.db);
@@ -205,12 +204,17 @@ export async function startRegistry(
         clearTimeout(force);
       }
       await gc.stop();
+      auth.audit.close();
       await metadata.close();
     },
   };
 }
 
-function createAuthServices(config: Config, metadata: MetadataDb, log: Logger): AuthServices {
+async function createAuthServices(
+  config: Config,
+  metadata: MetadataDb,
+  log: Logger,
+): Promise<AuthServices> {
   const accounts = new Accounts(metadata.db, log);
   const tokens = new AccessTokens(metadata.db, accounts, log);
   const policies = new PolicyStore(metadata.db);
@@ -222,6 +226,8 @@ function createAuthServices(config: Config, metadata: MetadataDb, log: Logger): 
   );
   let provider: IdentityProvider | undefined;
   if (config.auth.provider === 'ldap') {
+    // Loaded only when configured, to keep the LDAP client out of memory otherwise.
+    const { LdapIdentityProvider } = await import('./auth/ldap.js');
     provider = new LdapIdentityProvider({
       url: config.ldap.url,
       userDn: config.ldap.user_dn,

@@ -423,6 +423,19 @@ describe('SIGKILL during concurrent manifest pushes', () => {
            JOIN repositories ON repositories.id = tags.repository_id
            JOIN manifests ON manifests.id = tags.manifest_id`,
       );
+      // The push's audit event commits in the push's own transaction, so no
+      // surviving tag can lack it.
+      const audited = new Set(
+        queryDatabase<{ repository: string; reference: string; digest: string }>(
+          dataDir,
+          `SELECT repository, reference, digest FROM audit_events WHERE type = 'manifest.push'`,
+        ).map((row) => `${row.repository}:${row.reference}@${row.digest}`),
+      );
+      const unaudited = tags
+        .map((row) => `${row.repository}:${row.tag}@${row.digest}`)
+        .filter((name) => !audited.has(name));
+      assert.deepEqual(unaudited, [], 'tags that survived the kill without a manifest.push event');
+
       const recorded = new Set(blobs.map(({ digest }) => blobFile(dataDir, digest)));
       const unrecorded = listFiles(path.join(dataDir, 'blobs')).filter(
         (file) => !recorded.has(path.join(dataDir, 'blobs', file)),

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
 
-import { sql, type Kysely, type Selectable } from 'kysely';
+import { sql, type Kysely, type Selectable, type Transaction } from 'kysely';
 import type { Logger } from 'pino';
 
 import type { Dialect } from '../metadata/migrations.js';
@@ -55,6 +55,12 @@ export interface AuditVerification {
   broken: { id: number; reason: string } | null;
 }
 
+/** The newest event of the chain. */
+export interface AuditHead {
+  id: number;
+  hash: string;
+}
+
 /** previous_hash of the first event ever recorded. */
 const GENESIS = '0'.repeat(64);
 
@@ -68,6 +74,8 @@ const GENESIS = '0'.repeat(64);
  */
 export class AuditLog {
   private headWritten = 0;
+  private headFd: number | undefined;
+  private headLength = -1;
 
   constructor(
     private readonly db: Kysely<Database>,
@@ -80,26 +88,39 @@ export class AuditLog {
   /** Appends an event. A failure to record is logged, never thrown at the caller. */
   async record(input: AuditEventInput): Promise<void> {
     try {
-      await this.append(input);
+      const head = await this.db.transaction().execute((trx) => this.appendIn(trx, [input]));
+      this.committed(head);
     } catch (error) {
       this.log.error({ err: error, auditType: input.type }, 'failed to record an audit event');
     }
   }
 
-  private async append(input: AuditEventInput): Promise<void> {
-    const head = await this.db.transaction().execute(async (trx) => {
-      if (this.dialect === 'postgres') {
-        // Serialises appends across processes so the chain stays linear.
-        await sql`select pg_advisory_xact_lock(7283002)`.execute(trx);
-      }
-      const last = await trx
-        .selectFrom('audit_events')
-        .select(['id', 'hash'])
-        .orderBy('id', 'desc')
-        .limit(1)
-        .executeTakeFirst();
-      const previousHash = last?.hash ?? GENESIS;
+  /**
+   * Appends events inside the caller's transaction, so that they commit or
+   * roll back with the change they describe. Pass the result to `committed`
+   * once the transaction has committed.
+   */
+  async appendIn(trx: Transaction<Database>, inputs: AuditEventInput[]): Promise<AuditHead> {
+    if (this.dialect === 'postgres') {
+      // Serialises appends across processes so the chain stays linear.
+      await sql`select pg_advisory_xact_lock(7283002)`.execute(trx);
+    }
+    const last = await trx
+      .selectFrom('audit_events')
+      .select(['id', 'hash'])
+      .orderBy('id', 'desc')
+      .limit(1)
+      .executeTakeFirst();
+    // Ids are chosen here, not by the database, so that the hash that covers
+    // each one goes in with its row. They follow the head file's event, so
+    // that a table emptied by retention does not reuse an id the file names.
+    let head: AuditHead = last ?? {
+      id: Math.max(this.headWritten, readHead(this.headFile)?.id ?? 0),
+      hash: GENESIS,
+    };
+    for (const input of inputs) {
       const row = {
+        id: head.id + 1,
         time: Date.now(),
         type: input.type,
         actor: input.actor ?? null,
@@ -109,23 +130,47 @@ export class AuditLog {
         digest: input.digest ?? null,
         outcome: input.outcome,
         details: JSON.stringify(input.details ?? {}),
-        previous_hash: previousHash,
-        hash: '',
+        previous_hash: head.hash,
       };
-      const inserted = await trx
+      const hash = chainHash(head.hash, row);
+      await trx
         .insertInto('audit_events')
-        .values(row)
-        .returning('id')
-        .executeTakeFirstOrThrow();
-      const hash = chainHash(previousHash, { ...row, id: inserted.id });
-      await trx.updateTable('audit_events').set({ hash }).where('id', '=', inserted.id).execute();
-      return { id: inserted.id, hash };
-    });
-    // Appends can finish out of order; the file only ever moves forward.
-    if (head.id > this.headWritten) {
-      this.headWritten = head.id;
-      writeFileSync(this.headFile, `${head.id} ${head.hash}\n`, { mode: 0o600 });
+        .values({ ...row, hash })
+        .execute();
+      head = { id: row.id, hash };
     }
+    return head;
+  }
+
+  /** Records in the head file that events up to `head` are committed. */
+  committed(head: AuditHead): void {
+    // Transactions can commit out of order; the file only ever moves forward.
+    if (head.id <= this.headWritten) return;
+    this.headWritten = head.id;
+    this.writeHead(`${head.id} ${head.hash}\n`);
+  }
+
+  /**
+   * Overwrites the head file in place through a descriptor kept open:
+   * truncating and rewriting the file took longer than the event's database
+   * transaction.
+   */
+  private writeHead(line: string): void {
+    if (this.headFd === undefined) {
+      this.headFd = openSync(this.headFile, constants.O_WRONLY | constants.O_CREAT, 0o600);
+    }
+    const bytes = Buffer.from(line);
+    writeSync(this.headFd, bytes, 0, bytes.length, 0);
+    // Only the first write can meet a longer line, one an earlier process left.
+    if (bytes.length !== this.headLength) ftruncateSync(this.headFd, bytes.length);
+    this.headLength = bytes.length;
+  }
+
+  /** Closes the head file. */
+  close(): void {
+    if (this.headFd !== undefined) closeSync(this.headFd);
+    this.headFd = undefined;
+    this.headLength = -1;
   }
 
   /** Lists events newest first. */
@@ -206,7 +251,7 @@ function broken(checked: number, id: number, reason: string): AuditVerification 
   return { ok: false, checked, broken: { id, reason: `event ${id}: ${reason}` } };
 }
 
-function readHead(file: string): { id: number; hash: string } | undefined {
+function readHead(file: string): AuditHead | undefined {
   try {
     const [id, hash] = readFileSync(file, 'utf8').trim().split(' ');
     return id && hash ? { id: Number(id), hash } : undefined;

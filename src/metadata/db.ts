@@ -2,8 +2,14 @@ import { closeSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
 
 import SqliteDatabase from 'better-sqlite3';
-import { CompiledQuery, Kysely, PostgresDialect, SqliteDialect, type Driver } from 'kysely';
-import pg from 'pg';
+import {
+  CompiledQuery,
+  Kysely,
+  PostgresDialect,
+  SqliteDialect,
+  type Driver,
+  type SqliteDatabase as SqliteDialectDatabase,
+} from 'kysely';
 
 import { migrate, type Dialect } from './migrations.js';
 import type { Database } from './schema.js';
@@ -28,7 +34,9 @@ export interface OpenOptions {
 /** Opens the metadata database and brings its schema up to date. */
 export async function openMetadataDb(options: OpenOptions): Promise<MetadataDb> {
   const handle =
-    options.driver === 'sqlite' ? openSqlite(options.dataDir) : openPostgres(options.url ?? '');
+    options.driver === 'sqlite'
+      ? openSqlite(options.dataDir)
+      : await openPostgres(options.url ?? '');
   await migrate(handle.db, handle.dialect);
   return handle;
 }
@@ -46,7 +54,9 @@ function openSqlite(dataDir: string): MetadataDb {
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
 
-  const db = new Kysely<Database>({ dialect: new ImmediateSqliteDialect({ database: sqlite }) });
+  const db = new Kysely<Database>({
+    dialect: new ImmediateSqliteDialect({ database: withStatementCache(sqlite) }),
+  });
   return {
     db,
     dialect: 'sqlite',
@@ -55,12 +65,43 @@ function openSqlite(dataDir: string): MetadataDb {
   };
 }
 
-function openPostgres(url: string): MetadataDb {
+async function openPostgres(url: string): Promise<MetadataDb> {
+  // Loaded only for PostgreSQL, so that a SQLite registry does not carry the client.
+  const { default: pg } = await import('pg');
   // 64-bit integers (ids, sizes, times) fit in a JavaScript number below 2^53.
   pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
   const pool = new pg.Pool({ connectionString: url, max: 10 });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   return { db, dialect: 'postgres', close: () => db.destroy() };
+}
+
+/** Prepared statements kept per connection; the application has far fewer distinct queries. */
+const STATEMENT_CACHE_MAX = 500;
+
+/**
+ * Wraps a connection so that the same SQL text reuses its prepared
+ * statement. Kysely prepares every query anew, and on hot paths such as a
+ * manifest GET the parsing took more time than running the query.
+ */
+function withStatementCache(sqlite: SqliteDatabase.Database): SqliteDialectDatabase {
+  const statements = new Map<string, SqliteDatabase.Statement>();
+  return {
+    close: () => {
+      statements.clear();
+      sqlite.close();
+    },
+    prepare: (sql: string) => {
+      const cached = statements.get(sql);
+      // A statement still iterating rows cannot run again until it is done.
+      if (cached && !cached.busy) return cached;
+      const statement = sqlite.prepare(sql);
+      if (!cached) {
+        if (statements.size >= STATEMENT_CACHE_MAX) statements.clear();
+        statements.set(sql, statement);
+      }
+      return statement;
+    },
+  };
 }
 
 /**

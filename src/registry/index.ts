@@ -8,7 +8,7 @@ import { Uploads } from './uploads.js';
 export { MAX_PAGE_SIZE, type CoreContext } from './core.js';
 export { parseDigest, type Digest } from './digest.js';
 export { RegistryError, type ErrorCode } from './errors.js';
-export { MAX_MANIFEST_SIZE, parseReference, type Reference } from './manifests.js';
+export { MAX_MANIFEST_SIZE, parseReference, type PushResult, type Reference } from './manifests.js';
 export { validateRepositoryName } from './names.js';
 export { rangeHeader, type ChunkRange } from './uploads.js';
 

@@ -79,13 +79,15 @@ export class Manifests {
   /**
    * Pushes a manifest: verifies the digest of the exact bytes, validates every
    * referenced blob and child manifest, then in one transaction stores the
-   * manifest and its references and points the tag at it.
+   * manifest and its references and points the tag at it. `beforeCommit`
+   * runs last inside that transaction, to record what the push changed.
    */
   async put(
     repository: string,
     reference: Reference,
     content: Buffer,
     contentType: string | undefined,
+    beforeCommit?: (trx: Transaction<Database>, result: PushResult) => Promise<void>,
   ): Promise<PushResult> {
     if (content.length > MAX_MANIFEST_SIZE) {
       throw new RegistryError(
@@ -108,6 +110,11 @@ export class Manifests {
 
     const manifest = parseManifest(content, contentType);
 
+    const pushResult = (previous: string | undefined): PushResult => ({
+      digest,
+      subject: manifest.subject?.digest,
+      tag: reference.kind === 'tag' ? { name: reference.tag, previous } : undefined,
+    });
     const previous = await this.ctx.db.transaction().execute(async (trx) => {
       const repositoryId = await ensureRepository(trx, repository);
       const references = await this.resolveReferences(trx, repositoryId, repository, manifest);
@@ -123,8 +130,12 @@ export class Manifests {
           .execute();
       }
 
-      if (reference.kind !== 'tag') return undefined;
-      return this.moveTag(trx, repositoryId, reference.tag, manifestId);
+      const previous =
+        reference.kind === 'tag'
+          ? await this.moveTag(trx, repositoryId, reference.tag, manifestId)
+          : undefined;
+      await beforeCommit?.(trx, pushResult(previous));
+      return previous;
     });
 
     this.ctx.log.info(
@@ -137,11 +148,7 @@ export class Manifests {
       'manifest pushed',
     );
 
-    return {
-      digest,
-      subject: manifest.subject?.digest,
-      tag: reference.kind === 'tag' ? { name: reference.tag, previous } : undefined,
-    };
+    return pushResult(previous);
   }
 
   /**

@@ -1,5 +1,11 @@
+import type { AuditEventInput, AuditHead } from '../../audit/log.js';
 import { RegistryError } from '../../registry/errors.js';
-import { MAX_MANIFEST_SIZE, parseReference, type Reference } from '../../registry/index.js';
+import {
+  MAX_MANIFEST_SIZE,
+  parseReference,
+  type PushResult,
+  type Reference,
+} from '../../registry/index.js';
 import {
   authorize,
   authorizeAny,
@@ -56,32 +62,19 @@ export async function putManifest(call: V2Call, name: string, ref: string): Prom
   await authorize(call, name, 'push');
   const reference = parseReference(ref);
   const content = await readBounded(call, MAX_MANIFEST_SIZE);
+  // The audit events commit in the push's own transaction.
+  let auditHead: AuditHead | undefined;
   const result = await call.deps.registry.manifests.put(
     name,
     reference,
     content,
     call.request.headers['content-type'],
+    async (trx, pushed) => {
+      auditHead = await call.deps.audit.appendIn(trx, pushEvents(call, name, ref, pushed));
+    },
   );
-
+  if (auditHead) call.deps.audit.committed(auditHead);
   call.deps.metrics.manifestPushed();
-  await recordAudit(call, {
-    type: 'manifest.push',
-    repository: name,
-    reference: ref,
-    digest: result.digest,
-    outcome: 'success',
-    details: result.subject ? { subject: result.subject } : {},
-  });
-  if (result.tag && result.tag.previous !== undefined && result.tag.previous !== result.digest) {
-    await recordAudit(call, {
-      type: 'tag.move',
-      repository: name,
-      reference: result.tag.name,
-      digest: result.digest,
-      outcome: 'success',
-      details: { from: result.tag.previous },
-    });
-  }
 
   call.reply
     .code(201)
@@ -90,6 +83,39 @@ export async function putManifest(call: V2Call, name: string, ref: string): Prom
     .header('Content-Length', 0);
   if (result.subject) call.reply.header('OCI-Subject', result.subject);
   call.reply.send();
+}
+
+/** The audit events of a manifest push: the push, and the tag move it made. */
+function pushEvents(
+  call: V2Call,
+  name: string,
+  ref: string,
+  result: PushResult,
+): AuditEventInput[] {
+  const actor = { actor: call.caller.username ?? null, clientAddress: call.caller.address };
+  const events: AuditEventInput[] = [
+    {
+      ...actor,
+      type: 'manifest.push',
+      repository: name,
+      reference: ref,
+      digest: result.digest,
+      outcome: 'success',
+      details: result.subject ? { subject: result.subject } : {},
+    },
+  ];
+  if (result.tag && result.tag.previous !== undefined && result.tag.previous !== result.digest) {
+    events.push({
+      ...actor,
+      type: 'tag.move',
+      repository: name,
+      reference: result.tag.name,
+      digest: result.digest,
+      outcome: 'success',
+      details: { from: result.tag.previous },
+    });
+  }
+  return events;
 }
 
 /** DELETE /v2/NAME/manifests/REF. */
