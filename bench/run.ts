@@ -5,10 +5,13 @@
 // a build:
 //   npm run build && node dist/bench/run.js [--quick]
 // --quick runs once with small sizes, for the smoke test.
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 
 import { ADMIN_PASSWORD, ADMIN_USER, basicAuth, startServer } from '../test/helpers/server.js';
+import { createClientSandbox } from '../test/helpers/images.js';
 import { startReference } from '../test/helpers/reference.js';
 import { measureIngest, measureSha256, startIngestServer } from './lib/ceilings.js';
 import { MiB, type Target } from './lib/http.js';
@@ -20,36 +23,65 @@ import {
   runCatalogWalk,
   runManifestLoad,
   runSmallBlobs,
+  runSkopeo,
   runTags,
+  buildSkopeoImage,
   type Figures,
 } from './lib/workloads.js';
 
-/** Name, unit and better direction of one figure in the table. */
+/**
+ * Name, unit and better direction of one figure in the table, with the
+ * ratio mcr/reference it must reach (at least for higher-is-better figures,
+ * at most otherwise). Without a target, mcr must merely be ahead.
+ */
 interface FigureSpec {
   name: string;
   unit: string;
   better: 'higher' | 'lower' | 'info';
+  targetRatio?: number;
+  /** An absolute limit on mcr's own value, for memory. */
+  targetValue?: number;
 }
 
 const FIGURES: FigureSpec[] = [
-  { name: 'blob push, monolithic', unit: 'MiB/s', better: 'higher' },
-  { name: 'blob push, chunked', unit: 'MiB/s', better: 'higher' },
-  { name: 'blob GET', unit: 'MiB/s', better: 'higher' },
-  { name: 'small blob push', unit: 'blobs/s', better: 'higher' },
-  { name: 'manifest GET', unit: 'req/s', better: 'higher' },
+  { name: 'blob push, monolithic', unit: 'MiB/s', better: 'higher', targetRatio: 1.5 },
+  { name: 'blob push, chunked', unit: 'MiB/s', better: 'higher', targetRatio: 1.5 },
+  { name: 'blob GET', unit: 'MiB/s', better: 'higher', targetRatio: 1 },
+  { name: 'small blob push', unit: 'blobs/s', better: 'higher', targetRatio: 2 },
+  { name: 'manifest GET', unit: 'req/s', better: 'higher', targetRatio: 5 },
   { name: 'manifest GET p50', unit: 'ms', better: 'lower' },
   { name: 'manifest GET p99', unit: 'ms', better: 'lower' },
-  { name: 'manifest HEAD', unit: 'req/s', better: 'higher' },
+  { name: 'manifest HEAD', unit: 'req/s', better: 'higher', targetRatio: 5 },
   { name: 'manifest HEAD p50', unit: 'ms', better: 'lower' },
   { name: 'manifest HEAD p99', unit: 'ms', better: 'lower' },
-  { name: 'tag creation', unit: 'tags/s', better: 'higher' },
+  { name: 'tag creation', unit: 'tags/s', better: 'higher', targetRatio: 3 },
   { name: 'tags listing, full', unit: 'ms', better: 'lower' },
   { name: 'tags listing, pages', unit: 'ms', better: 'lower' },
   { name: 'tags listing, page count', unit: 'pages', better: 'info' },
-  { name: 'catalog walk', unit: 'ms', better: 'lower' },
+  { name: 'catalog walk', unit: 'ms', better: 'lower', targetRatio: 0.1 },
   { name: 'catalog page count', unit: 'pages', better: 'info' },
-  { name: 'peak RSS (VmHWM)', unit: 'MiB', better: 'lower' },
+  { name: 'skopeo push', unit: 's', better: 'lower' },
+  { name: 'skopeo pull', unit: 's', better: 'lower' },
+  { name: 'peak RSS (VmHWM)', unit: 'MiB', better: 'lower', targetValue: 150 },
 ];
+
+/** Describes the target of a figure and whether mcr's value met it. */
+function judge(spec: FigureSpec, mcrValue: number, ratio: number): [string, string] {
+  const verdict = (met: boolean) => (met ? 'met' : 'MISSED');
+  if (spec.better === 'info') return ['', ''];
+  if (spec.targetValue !== undefined) {
+    return [`< ${spec.targetValue} ${spec.unit}`, verdict(mcrValue < spec.targetValue)];
+  }
+  const limit = spec.targetRatio;
+  if (spec.better === 'higher') {
+    return limit === undefined
+      ? ['> 1', verdict(ratio > 1)]
+      : [`>= ${limit}`, verdict(ratio >= limit)];
+  }
+  return limit === undefined
+    ? ['< 1', verdict(ratio < 1)]
+    : [`<= ${limit}`, verdict(ratio <= limit)];
+}
 
 type Workload = (target: Target, rep: number) => Promise<Figures>;
 
@@ -116,6 +148,8 @@ function printTable(header: string[], rows: string[][]): void {
   for (const row of rows) console.log(line(row));
 }
 
+const workDir = mkdtempSync(path.join(tmpdir(), 'mcr-bench-'));
+const sandbox = createClientSandbox(path.join(workDir, 'clients'));
 const mcr = await startServer();
 const reference = await startReference();
 const ingest = await startIngestServer();
@@ -126,6 +160,7 @@ const targets: Target[] = [
     // mcr caches verified Basic credentials for 30 s, so each request after
     // the first skips the password hash.
     headers: { authorization: basicAuth(ADMIN_USER, ADMIN_PASSWORD) },
+    creds: mcr.creds,
     agent: new http.Agent({ keepAlive: true }),
     singlePostUpload: true,
   },
@@ -152,10 +187,17 @@ const workloads: Array<[string, Workload]> = [
   ['manifest load', (target, rep) => runManifestLoad(target, sizes, rep, `bench/load-r${rep}`)],
   ['tags', (target, rep) => runTags(target, sizes, rep, `bench/tags-r${rep}`)],
   ['catalog', (target) => runCatalogWalk(target, sizes)],
+  ['skopeo', (target, rep) => runSkopeo(target, images[rep]!, sandbox, `bench/skopeo-r${rep}`)],
 ];
+/** The image skopeo pushes in each repetition, built before the first. */
+const images: Array<{ source: string; digest: string }> = [];
 
 const startedAt = Date.now();
 try {
+  for (let rep = 0; rep < reps; rep++) {
+    console.error(`setup: building skopeo image ${rep + 1}/${reps}`);
+    images.push(await buildSkopeoImage(workDir, sizes, rep));
+  }
   for (const target of targets) {
     console.error(`setup: creating ${sizes.repositories} repositories on ${target.name}`);
     await createRepositories(target, sizes);
@@ -185,6 +227,7 @@ try {
   await ingest.stop();
   await reference.stop();
   await mcr.cleanup();
+  rmSync(workDir, { recursive: true, force: true });
 }
 
 const sizeLabel = (bytes: number) =>
@@ -194,24 +237,27 @@ console.log(
 );
 console.log(
   `big blob ${sizeLabel(sizes.bigBlobBytes)}, chunks ${sizeLabel(sizes.chunkBytes)}, ${sizes.smallBlobs} small blobs of ${sizes.smallBlobBytes} B with ${sizes.clients} clients, ` +
-    `manifest load ${sizes.loadSeconds} s with ${sizes.loadConnections} connections, ${sizes.tags} tags, ${sizes.repositories} repositories, pages of ${sizes.pageSize}`,
+    `manifest load ${sizes.loadSeconds} s with ${sizes.loadConnections} connections, ${sizes.tags} tags, ${sizes.repositories} repositories, pages of ${sizes.pageSize}, ` +
+    `skopeo image of ${sizes.imageLayers} layers of ${sizeLabel(sizes.imageLayerBytes)}`,
 );
 console.log('');
 
 const rows = FIGURES.map((spec) => {
   const mcrValue = median(results.get('mcr')!.get(spec.name) ?? [NaN]);
   const referenceValue = median(results.get('reference')!.get(spec.name) ?? [NaN]);
-  const better = spec.better === 'info' ? '' : `${spec.better} is better`;
+  const ratio = mcrValue / referenceValue;
+  const [target, met] = judge(spec, mcrValue, ratio);
   return [
     spec.name,
     spec.unit,
     format(mcrValue),
     format(referenceValue),
-    format(mcrValue / referenceValue),
-    better,
+    format(ratio),
+    target,
+    met,
   ];
 });
-printTable(['figure', 'unit', 'mcr', 'reference', 'mcr/ref', ''], rows);
+printTable(['figure', 'unit', 'mcr', 'reference', 'mcr/ref', 'target', ''], rows);
 
 console.log('');
 const sha = median(ceilings.sha256);
@@ -235,6 +281,7 @@ console.log('- small blob push uses POST then PUT ?digest= on both registries.')
 console.log('- reference ignores n on tags/list (Distribution 2.8), so its tag walk is one page.');
 console.log('- mcr requests carry Basic credentials; the reference runs without authentication.');
 console.log(
-  "- the load generator runs in this process and shares the machine's cores with both registries.",
+  "- manifest load comes from wrk (one thread); the other workloads' clients run in this process. Both share the machine's cores with the registries.",
 );
+console.log('- skopeo exchanges the Basic credentials for a bearer token on mcr.');
 console.log('- peak RSS is read once, after all workloads, from /proc/PID/status.');

@@ -26,6 +26,8 @@ const ROWS = [
   'tags listing, page count',
   'catalog walk',
   'catalog page count',
+  'skopeo push',
+  'skopeo pull',
   'peak RSS (VmHWM)',
   'SHA-256, one core',
   'node:http receive+hash+write',

@@ -15,6 +15,8 @@ export interface Target {
   url: string;
   /** Headers sent with every request, such as Authorization. */
   headers: Record<string, string>;
+  /** `user:password` for clients such as skopeo; none when the registry has no authentication. */
+  creds?: string;
   /** Keep-alive agent shared by every request to this registry. */
   agent: http.Agent;
   /** Whether POST ?digest= stores a whole blob in one request. */

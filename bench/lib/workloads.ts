@@ -1,7 +1,19 @@
 // The registry workloads of bench/run.ts. Each one runs against one target
 // and returns its figures; setup steps (digests, seed data) are not timed.
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
+import {
+  buildUmociImage,
+  randomFiles,
+  run,
+  taggedDescriptor,
+  type ClientSandbox,
+} from '../../test/helpers/images.js';
 import {
   expectStatus,
   GeneratedBlob,
@@ -12,6 +24,9 @@ import {
   withQuery,
   type Target,
 } from './http.js';
+
+const execFileAsync = promisify(execFile);
+const LOAD_GENERATOR = fileURLToPath(new URL('./load-generator.js', import.meta.url));
 
 /** Workload sizes; `--quick` shrinks every one of them. */
 export interface Sizes {
@@ -26,6 +41,9 @@ export interface Sizes {
   tags: number;
   repositories: number;
   pageSize: number;
+  /** Layers of the image that skopeo pushes and pulls, and the size of each. */
+  imageLayers: number;
+  imageLayerBytes: number;
 }
 
 export const FULL_SIZES: Sizes = {
@@ -39,6 +57,8 @@ export const FULL_SIZES: Sizes = {
   tags: 10_000,
   repositories: 2_000,
   pageSize: 100,
+  imageLayers: 4,
+  imageLayerBytes: 50 * MiB,
 };
 
 export const QUICK_SIZES: Sizes = {
@@ -52,6 +72,8 @@ export const QUICK_SIZES: Sizes = {
   tags: 200,
   repositories: 50,
   pageSize: 100,
+  imageLayers: 2,
+  imageLayerBytes: MiB,
 };
 
 /** Figure name to measured value, from one workload run on one target. */
@@ -241,7 +263,10 @@ async function putManifest(target: Target, repository: string, reference: string
 
 /**
  * Sends `method` requests for one manifest by tag over many keep-alive
- * connections for a fixed time and returns requests/s and latency percentiles.
+ * connections for a fixed time from a separate process, after a one-second
+ * warm-up, and returns requests/s and latency percentiles in ms. GET uses
+ * wrk (one thread). HEAD uses bench/lib/load-generator.ts, because wrk
+ * stalls on a HEAD response that carries Content-Length.
  */
 async function loadManifest(
   target: Target,
@@ -249,22 +274,56 @@ async function loadManifest(
   path: string,
   method: 'GET' | 'HEAD',
 ): Promise<{ rate: number; p50: number; p99: number }> {
-  const latencies: number[] = [];
-  const start = performance.now();
-  const deadline = start + sizes.loadSeconds * 1000;
-  const worker = async () => {
-    while (performance.now() < deadline) {
-      const sent = performance.now();
-      await expectStatus([200], target, path, { method, headers: { accept: OCI_MANIFEST } });
-      latencies.push(performance.now() - sent);
+  const url = new URL(path, target.url).href;
+  const headers = { ...target.headers, accept: OCI_MANIFEST };
+  const timeout = (sizes.loadSeconds + 30) * 1000;
+  const generate = async (seconds: number) => {
+    if (method === 'GET') {
+      const args = [
+        '--threads=1',
+        `--connections=${sizes.loadConnections}`,
+        `--duration=${seconds}s`,
+        '--latency',
+        ...Object.entries(headers).flatMap(([name, value]) => ['--header', `${name}: ${value}`]),
+        url,
+      ];
+      const { stdout } = await execFileAsync('wrk', args, { timeout });
+      return parseWrk(target, stdout);
     }
+    const options = { url, method, headers, connections: sizes.loadConnections, seconds };
+    const { stdout } = await execFileAsync(
+      process.execPath,
+      [LOAD_GENERATOR, JSON.stringify(options)],
+      { timeout },
+    );
+    const result = JSON.parse(stdout) as { rate: number; p50: number; p99: number; errors: number };
+    if (result.errors > 0) {
+      throw new Error(`${target.name}: ${result.errors} ${method} requests failed under load`);
+    }
+    return result;
   };
-  await Promise.all(Array.from({ length: sizes.loadConnections }, worker));
-  const seconds = (performance.now() - start) / 1000;
-  latencies.sort((a, b) => a - b);
-  const at = (fraction: number) =>
-    latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * fraction))] ?? NaN;
-  return { rate: latencies.length / seconds, p50: at(0.5), p99: at(0.99) };
+  await generate(1);
+  return generate(sizes.loadSeconds);
+}
+
+/** Reads requests/s, p50 and p99 (ms) from wrk's report; throws on any non-2xx/3xx response. */
+export function parseWrk(
+  target: Target,
+  report: string,
+): { rate: number; p50: number; p99: number } {
+  const errors = /Non-2xx or 3xx responses: (\d+)/.exec(report);
+  if (errors) throw new Error(`${target.name}: wrk saw ${errors[1]} error responses:\n${report}`);
+  const socketErrors = /Socket errors: (.*)/.exec(report);
+  if (socketErrors) throw new Error(`${target.name}: wrk saw socket errors: ${socketErrors[1]}`);
+  const rate = /Requests\/sec:\s+([\d.]+)/.exec(report);
+  if (!rate) throw new Error(`${target.name}: no Requests/sec in wrk's report:\n${report}`);
+  const percentile = (label: string) => {
+    const match = new RegExp(`^\\s+${label}%\\s+([\\d.]+)(us|ms|s)$`, 'm').exec(report);
+    if (!match) throw new Error(`${target.name}: no ${label}% latency in wrk's report:\n${report}`);
+    const scale = { us: 0.001, ms: 1, s: 1000 }[match[2] as 'us' | 'ms' | 's'];
+    return Number(match[1]) * scale;
+  };
+  return { rate: Number(rate[1]), p50: percentile('50'), p99: percentile('99') };
 }
 
 /** Loads manifest GET and then HEAD by tag; returns requests/s, p50 and p99 (ms). */
@@ -395,4 +454,71 @@ export async function runCatalogWalk(target: Target, sizes: Sizes): Promise<Figu
     );
   }
   return { 'catalog walk': ms, 'catalog page count': walk.pages };
+}
+
+/**
+ * Builds an OCI layout with one image of `imageLayers` layers of random
+ * bytes, distinct for each `seed`, so that skopeo cannot skip or mount a
+ * blob it pushed in an earlier repetition. Not timed. Returns the layout
+ * reference for skopeo (`oci:PATH:TAG`) and the manifest digest.
+ */
+export async function buildSkopeoImage(
+  dir: string,
+  sizes: Sizes,
+  seed: number,
+): Promise<{ source: string; digest: string }> {
+  const layout = join(dir, `image-${seed}`);
+  const layers = Array.from({ length: sizes.imageLayers }, (_, i) =>
+    randomFiles({ [`seed-${seed}/layer-${i}.bin`]: sizes.imageLayerBytes }),
+  );
+  const descriptor = await buildUmociImage({
+    layout,
+    tag: 'bench',
+    layers,
+    workDir: join(dir, `sources-${seed}`),
+  });
+  rmSync(join(dir, `sources-${seed}`), { recursive: true, force: true });
+  return { source: `oci:${layout}:bench`, digest: descriptor.digest };
+}
+
+/**
+ * Pushes an image with skopeo from an OCI layout, then pulls it back into a
+ * new layout, and returns the seconds each took. mcr gets the admin's
+ * credentials, which skopeo exchanges for a bearer token.
+ */
+export async function runSkopeo(
+  target: Target,
+  image: { source: string; digest: string },
+  sandbox: ClientSandbox,
+  repository: string,
+): Promise<Figures> {
+  const host = new URL(target.url).host;
+  const remote = `docker://${host}/${repository}:v1`;
+  const credentials = (flag: string) => (target.creds ? [flag, target.creds] : []);
+
+  let start = performance.now();
+  await run(
+    'skopeo',
+    ['copy', '--dest-tls-verify=false', ...credentials('--dest-creds'), image.source, remote],
+    { env: sandbox.env, timeoutMs: 600_000 },
+  );
+  const pushSeconds = (performance.now() - start) / 1000;
+
+  const pulled = mkdtempSync(join(sandbox.dir, 'pull-'));
+  try {
+    start = performance.now();
+    await run(
+      'skopeo',
+      ['copy', '--src-tls-verify=false', ...credentials('--src-creds'), remote, `oci:${pulled}:v1`],
+      { env: sandbox.env, timeoutMs: 600_000 },
+    );
+    const pullSeconds = (performance.now() - start) / 1000;
+    const digest = taggedDescriptor(pulled, 'v1').digest;
+    if (digest !== image.digest) {
+      throw new Error(`${target.name}: skopeo pulled manifest ${digest}, pushed ${image.digest}`);
+    }
+    return { 'skopeo push': pushSeconds, 'skopeo pull': pullSeconds };
+  } finally {
+    rmSync(pulled, { recursive: true, force: true });
+  }
 }
