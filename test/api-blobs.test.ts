@@ -343,6 +343,38 @@ describe('blob reads', () => {
     });
   }
 
+  it('serves a blob of several read buffers whole and in ranges', async () => {
+    // 3.5 MiB: the server reads 1 MiB at a time into two alternating buffers.
+    const large = randomBytes(3.5 * 1024 * 1024);
+    const largeDigest = await pushBlob(server, 'reads', large);
+    const requests = [
+      { range: undefined, from: 0, to: large.length },
+      { range: 'bytes=1048000-2097700', from: 1_048_000, to: 2_097_701 },
+      {
+        range: `bytes=-${1024 * 1024 + 5}`,
+        from: large.length - 1024 * 1024 - 5,
+        to: large.length,
+      },
+    ];
+    // Concurrent downloads share the buffer pool, so none may see another's bytes.
+    const responses = await Promise.all(
+      requests.map(({ range }) =>
+        server.fetch(`/v2/reads/blobs/${largeDigest}`, range ? { headers: { Range: range } } : {}),
+      ),
+    );
+    for (const [index, response] of responses.entries()) {
+      const { range, from, to } = requests[index]!;
+      assert.equal(response.status, range ? 206 : 200, `status for ${range ?? 'no range'}`);
+      const body = Buffer.from(await response.arrayBuffer());
+      assert.equal(body.length, to - from, `length for ${range ?? 'no range'}`);
+      assert.equal(
+        sha256(body),
+        sha256(large.subarray(from, to)),
+        `bytes for ${range ?? 'no range'}`,
+      );
+    }
+  });
+
   it('answers 416 for a range past the end', async () => {
     const get = await server.fetch(`/v2/reads/blobs/${digest}`, {
       headers: { Range: 'bytes=20-30' },

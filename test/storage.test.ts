@@ -50,6 +50,31 @@ describe('filesystem blob store', () => {
     );
   });
 
+  it('reads a stored blob into caller buffers', async () => {
+    const { store } = await newStore();
+    const data = randomBytes(70_000);
+    const digest = parseDigest(sha256(data));
+    await store.createUpload('r1');
+    await store.appendUpload('r1', 0, Readable.from([data]));
+    await store.commitUpload('r1', digest, data.length);
+
+    const reader = await store.openReader(digest);
+    try {
+      const buffer = Buffer.alloc(40_000);
+      assert.equal(await reader.read(buffer, 40_000, 0), 40_000);
+      assert.deepEqual(buffer, data.subarray(0, 40_000));
+      assert.equal(await reader.read(buffer, 40_000, 40_000), 30_000);
+      assert.deepEqual(buffer.subarray(0, 30_000), data.subarray(40_000));
+      assert.equal(await reader.read(buffer, 40_000, 70_000), 0);
+    } finally {
+      await reader.close();
+    }
+    await assert.rejects(
+      store.openReader(parseDigest(sha256(Buffer.from('absent')))),
+      BlobNotFoundError,
+    );
+  });
+
   it('gathers many small chunks into whole writes', async () => {
     const { store } = await newStore();
     const chunks = Array.from({ length: 3000 }, (_, i) => randomBytes(700 + (i % 13)));

@@ -35,27 +35,21 @@ export class LoginError extends Error {
 export { ThrottledError } from './throttle.js';
 
 /**
- * How long a verified password or token is remembered, so that a client
- * sending Basic credentials on every request does not pay for argon2 each
- * time. Disabling an account or revoking a token through this process drops
- * the entry at once; other processes notice within this time.
+ * How long a verified password or token is remembered with its account, so
+ * that a client sending Basic credentials on every request pays neither for
+ * argon2 nor for a database read each time. Changing or disabling an account
+ * or revoking a token through this process drops the entry at once; other
+ * processes notice within this time.
  */
 const CREDENTIAL_CACHE_MS = 30_000;
 const CREDENTIAL_CACHE_MAX = 10_000;
 
 /** Checks usernames with passwords or access tokens, with throttling and a short cache. */
 export class Authenticator {
-  private readonly cache = new Map<
-    string,
-    {
-      accountId: number;
-      tokenScopes: PolicyAction[] | null;
-      tokenId?: number;
-      method: Principal['method'];
-      expiresAt: number;
-    }
-  >();
+  private readonly cache = new Map<string, { principal: Principal; expiresAt: number }>();
 
+  /** Accounts named by bearer tokens, by username. */
+  private readonly tokenAccounts = new Map<string, { account: Account; expiresAt: number }>();
   private readonly inFlight = new Map<string, Promise<Principal>>();
   private readonly queues = new Map<string, Promise<unknown>>();
 
@@ -77,19 +71,8 @@ export class Authenticator {
    */
   async login(username: string, secret: string, address: string): Promise<Principal> {
     const cacheKey = createHash('sha256').update(`${username}\0${secret}`).digest('hex');
-    const cached = this.cache.get(cacheKey);
-    if (cached && cached.expiresAt > Date.now()) {
-      const account = await this.accounts.findById(cached.accountId);
-      if (account && !account.disabled && account.username === username) {
-        return {
-          account,
-          tokenScopes: cached.tokenScopes,
-          tokenId: cached.tokenId,
-          method: cached.method,
-        };
-      }
-      this.cache.delete(cacheKey);
-    }
+    const cached = this.remembered(cacheKey);
+    if (cached) return cached;
 
     // Identical credentials arriving together share one verification, and
     // the logins of one account run one at a time, so that each reads the
@@ -113,18 +96,8 @@ export class Authenticator {
     address: string,
     cacheKey: string,
   ): Promise<Principal> {
-    const cached = this.cache.get(cacheKey);
-    if (cached && cached.expiresAt > Date.now()) {
-      const account = await this.accounts.findById(cached.accountId);
-      if (account && !account.disabled && account.username === username) {
-        return {
-          account,
-          tokenScopes: cached.tokenScopes,
-          tokenId: cached.tokenId,
-          method: cached.method,
-        };
-      }
-    }
+    const cached = this.remembered(cacheKey);
+    if (cached) return cached;
 
     try {
       await this.throttle.check(username, address);
@@ -169,13 +142,19 @@ export class Authenticator {
     });
     if (this.cache.size >= CREDENTIAL_CACHE_MAX) this.cache.clear();
     this.cache.set(cacheKey, {
-      accountId: principal.account.id,
-      tokenScopes: principal.tokenScopes,
-      tokenId: principal.tokenId,
-      method: principal.method,
+      principal,
       expiresAt: Math.min(Date.now() + CREDENTIAL_CACHE_MS, principal.expiresAt ?? Infinity),
     });
     return principal;
+  }
+
+  /** Returns the principal of a login verified less than CREDENTIAL_CACHE_MS ago. */
+  private remembered(cacheKey: string): Principal | undefined {
+    const entry = this.cache.get(cacheKey);
+    if (entry === undefined) return undefined;
+    if (entry.expiresAt > Date.now()) return entry.principal;
+    this.cache.delete(cacheKey);
+    return undefined;
   }
 
   /** Runs `operation` after every earlier login of the same account has finished. */
@@ -194,8 +173,28 @@ export class Authenticator {
   /** Drops every remembered login of an account (after it is changed or a token revoked). */
   forgetAccount(accountId: number): void {
     for (const [key, entry] of this.cache) {
-      if (entry.accountId === accountId) this.cache.delete(key);
+      if (entry.principal.account.id === accountId) this.cache.delete(key);
     }
+    for (const [username, entry] of this.tokenAccounts) {
+      if (entry.account.id === accountId) this.tokenAccounts.delete(username);
+    }
+  }
+
+  /**
+   * Returns the account a bearer token names, if it exists and is enabled,
+   * remembering it for as long as a verified password.
+   */
+  async tokenAccount(username: string): Promise<Account | undefined> {
+    const entry = this.tokenAccounts.get(username);
+    if (entry && entry.expiresAt > Date.now()) return entry.account;
+    const account = await this.accounts.findByName(username);
+    if (!account || account.disabled) {
+      this.tokenAccounts.delete(username);
+      return undefined;
+    }
+    if (this.tokenAccounts.size >= CREDENTIAL_CACHE_MAX) this.tokenAccounts.clear();
+    this.tokenAccounts.set(username, { account, expiresAt: Date.now() + CREDENTIAL_CACHE_MS });
+    return account;
   }
 
   private async verify(username: string, secret: string): Promise<Principal> {

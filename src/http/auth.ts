@@ -118,8 +118,8 @@ export async function authenticate(request: FastifyRequest, deps: AuthDeps): Pro
       );
     }
     if (token.subject === undefined) return { address, grants: token.access };
-    const account = await deps.accounts.findByName(token.subject);
-    if (!account || account.disabled) {
+    const account = await deps.authenticator.tokenAccount(token.subject);
+    if (!account) {
       throw unauthorized(
         request,
         deps,

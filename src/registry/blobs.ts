@@ -1,9 +1,7 @@
-import type { Readable } from 'node:stream';
-
 import type { Transaction } from 'kysely';
 
 import type { Database } from '../metadata/schema.js';
-import { BlobNotFoundError, type ByteRange } from '../storage/types.js';
+import { BlobNotFoundError, type BlobReader } from '../storage/types.js';
 import type { CoreContext } from './core.js';
 import type { Digest } from './digest.js';
 import { RegistryError } from './errors.js';
@@ -33,10 +31,10 @@ export class Blobs {
     return { digest: row.digest, size: row.size };
   }
 
-  /** Opens the blob's bytes, or the given inclusive range of them. */
-  async open(repository: string, digest: Digest, range?: ByteRange): Promise<Readable> {
+  /** Opens the blob's bytes for reading into the caller's buffers. */
+  async open(repository: string, digest: Digest): Promise<BlobReader> {
     try {
-      return await this.ctx.store.read(digest, range);
+      return await this.ctx.store.openReader(digest);
     } catch (error) {
       if (!(error instanceof BlobNotFoundError)) throw error;
       this.ctx.log.error(

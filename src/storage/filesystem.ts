@@ -7,6 +7,7 @@ import type { Digest } from '../registry/digest.js';
 import {
   BlobNotFoundError,
   UploadNotFoundError,
+  type BlobReader,
   type BlobStore,
   type ByteRange,
   type CommitOutcome,
@@ -82,6 +83,21 @@ export class FilesystemBlobStore implements BlobStore {
     });
   }
 
+  async openReader(digest: Digest): Promise<BlobReader> {
+    let handle: FileHandle;
+    try {
+      handle = await open(this.blobPath(digest), constants.O_RDONLY);
+    } catch (error) {
+      if (isNotFound(error)) throw new BlobNotFoundError(digest.value);
+      throw error;
+    }
+    return {
+      read: async (buffer, length, position) =>
+        (await handle.read(buffer, 0, length, position)).bytesRead,
+      close: () => handle.close(),
+    };
+  }
+
   async createUpload(key: string): Promise<void> {
     const handle = await open(this.uploadPath(key), 'wx', 0o600);
     await handle.close();
@@ -101,6 +117,10 @@ export class FilesystemBlobStore implements BlobStore {
     }
 
     let position = offset;
+    // Flushes written bytes to disk while more arrive, so that the fsync of
+    // the commit has little left to do.
+    let flushing: Promise<void> | undefined;
+    let unflushed = 0;
     try {
       // Network chunks are small (often 64 KiB); gathering them into writes
       // of about IO_CHUNK_BYTES saves system calls without holding more.
@@ -111,13 +131,22 @@ export class FilesystemBlobStore implements BlobStore {
         batched += chunk.length;
         if (batched < IO_CHUNK_BYTES) continue;
         position += await writeAll(handle, batch, batched, position);
+        unflushed += batched;
         batch = [];
         batched = 0;
+        if (unflushed >= FLUSH_BYTES) {
+          await flushing;
+          flushing = handle.datasync();
+          unflushed = 0;
+        }
       }
       if (batched > 0) position += await writeAll(handle, batch, batched, position);
+      await flushing;
       // Drops whatever an earlier, failed append left beyond this one's end.
       await handle.truncate(position);
     } finally {
+      // A flush still running when the body failed must end before the close.
+      await flushing?.catch(() => undefined);
       await handle.close();
     }
     return position - offset;
@@ -209,6 +238,9 @@ export class FilesystemBlobStore implements BlobStore {
 
 /** Size of reads and of gathered writes, in bytes. */
 const IO_CHUNK_BYTES = 1024 * 1024;
+
+/** Bytes an upload writes between two background flushes to disk. */
+const FLUSH_BYTES = 32 * 1024 * 1024;
 
 /** Writes every buffer at `position`, finishing a partial vectored write byte by byte. */
 async function writeAll(

@@ -2,6 +2,7 @@ export { FilesystemBlobStore } from './filesystem.js';
 export {
   BlobNotFoundError,
   UploadNotFoundError,
+  type BlobReader,
   type BlobStore,
   type ByteRange,
   type CommitOutcome,

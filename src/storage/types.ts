@@ -17,6 +17,13 @@ export interface StoredUpload {
 /** The fate of an upload's bytes at commit: stored, or discarded as a duplicate. */
 export type CommitOutcome = 'stored' | 'existing';
 
+/** Random access to one stored blob. The caller must close it. */
+export interface BlobReader {
+  /** Reads up to `length` bytes at `position` into `buffer`; resolves with the count, 0 at the end. */
+  read(buffer: Buffer, length: number, position: number): Promise<number>;
+  close(): Promise<void>;
+}
+
 /**
  * Content-addressed blob storage. Every method streams: no implementation may
  * hold a whole blob in memory. Upload keys are opaque names chosen by the
@@ -28,6 +35,13 @@ export interface BlobStore {
 
   /** Opens a blob for reading; rejects with BlobNotFoundError when it is absent. */
   read(digest: Digest, range?: ByteRange): Promise<Readable>;
+
+  /**
+   * Opens a blob for reads into the caller's own buffers, which lets a
+   * server reuse a few buffers for a whole download instead of allocating
+   * one per chunk. Rejects with BlobNotFoundError when the blob is absent.
+   */
+  openReader(digest: Digest): Promise<BlobReader>;
 
   /** Creates empty storage for a new upload. */
   createUpload(key: string): Promise<void>;

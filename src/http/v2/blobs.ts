@@ -1,5 +1,6 @@
 import { parseDigest } from '../../registry/digest.js';
 import { RegistryError } from '../../registry/errors.js';
+import { sendBlob } from '../send-blob.js';
 import { authorize, authorizeAny, recordAudit, type V2Call } from './context.js';
 
 /** GET and HEAD /v2/NAME/blobs/DIGEST, with single byte ranges. */
@@ -42,7 +43,7 @@ export async function getBlob(call: V2Call, name: string, digestParam: string): 
     call.reply.send(Buffer.alloc(0));
     return;
   }
-  const stream = await call.deps.registry.blobs.open(name, digest, range ?? undefined);
+  const reader = await call.deps.registry.blobs.open(name, digest);
   if (call.deps.audit.recordPulls && !range) {
     await recordAudit(call, {
       type: 'blob.pull',
@@ -51,7 +52,7 @@ export async function getBlob(call: V2Call, name: string, digestParam: string): 
       outcome: 'success',
     });
   }
-  call.reply.send(stream);
+  await sendBlob(call, reader, range?.start ?? 0, range?.end ?? blob.size - 1);
 }
 
 /** DELETE /v2/NAME/blobs/DIGEST. */
