@@ -553,6 +553,10 @@ describe('disabled accounts', () => {
   it('cannot log in with a password, a token or a refresh token', async () => {
     await createAccount('dave', 'dave-password', 'user');
     const { token } = await tokenFor('dave', 'dave-password', 'repository:team/app:pull');
+    // Both credentials work first, so that the server has them cached when
+    // the account is disabled.
+    assert.equal((await as('dave', 'dave-password', '/v2/')).status, 200);
+    assert.equal((await bearer(token, '/v2/')).status, 200);
     const patch = await server.fetch('/v1/accounts/dave', {
       method: 'PATCH',
       headers: { 'Content-Type': 'application/json' },
@@ -561,6 +565,7 @@ describe('disabled accounts', () => {
     assert.equal(patch.status, 200);
     assert.equal((await as('dave', 'dave-password', '/v2/')).status, 401);
     assert.equal((await bearer(token, '/v2/team/app/manifests/v1')).status, 401);
+    assert.equal((await bearer(token, '/v2/')).status, 401);
     assert.equal(await tokenForStatus('dave', 'dave-password'), 401);
   });
 });
