@@ -3,80 +3,64 @@
 // stores. Images come from OCI layouts that umoci builds and skopeo turns
 // into oci-archive files, so ctr only ever talks to the loopback server.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, describe, it, type TestContext } from 'node:test';
 
-import { findExecutable, startContainerd, type Daemon } from './helpers/daemons.js';
+import { Ctr, writeOciArchive } from './helpers/ctr.js';
+import { missingExecutables } from './helpers/daemons.js';
 import {
   buildUmociImage,
-  createClientSandbox,
   randomFiles,
   readJsonBlob,
   readLayoutBlob,
-  run,
   taggedDescriptor,
   writeImageIndex,
   type ClientSandbox,
   type ImageIndex,
   type ImageManifest,
 } from './helpers/images.js';
-import { DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST } from './helpers/oci.js';
-import { ADMIN_PASSWORD, ADMIN_USER, startServer, type TestServer } from './helpers/server.js';
+import {
+  OCI_EMPTY,
+  OCI_INDEX,
+  OCI_MANIFEST,
+  descriptor,
+  fetchBlob,
+  fetchManifest,
+  sha256,
+  type ServedManifest,
+} from './helpers/oci.js';
+import { startInteropEnvironment, type InteropEnvironment } from './helpers/interop.js';
+import { ADMIN_PASSWORD, ADMIN_USER, type TestServer } from './helpers/server.js';
 
-const execFileAsync = promisify(execFile);
-const MANIFEST_ACCEPT = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST].join(', ');
 const USER = 'ctruser';
 const USER_PASSWORD = 'ctruser-password';
+const SBOM_TYPE = 'application/vnd.example.sbom.v1+json';
+const SIGNATURE_TYPE = 'application/vnd.example.signature.v1+json';
+const ADMIN_CREDENTIALS = `${ADMIN_USER}:${ADMIN_PASSWORD}`;
 
-const missing = ['containerd', 'ctr', 'skopeo', 'umoci'].filter((name) => !findExecutable(name));
-const skipReason =
-  missing.length > 0
-    ? `not found on PATH: ${missing.join(', ')}; install with scripts/install-test-deps.sh`
-    : undefined;
+const skipReason = missingExecutables(['containerd', 'ctr', 'skopeo', 'umoci']);
 
+let environment: InteropEnvironment;
 let server: TestServer;
-let containerd: Daemon;
 let workDir: string;
 let sandbox: ClientSandbox;
-let namespaceCount = 0;
+let ctr: Ctr;
 
 before(async () => {
   if (skipReason) return;
-  workDir = mkdtempSync(path.join(tmpdir(), 'mcr-ctr-'));
-  sandbox = createClientSandbox(path.join(workDir, 'clients'));
-  server = await startServer();
-  containerd = await startContainerd(path.join(workDir, 'containerd'));
-
-  const response = await server.fetch('/v1/accounts', {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ username: USER, password: USER_PASSWORD, role: 'user', kind: 'human' }),
+  environment = await startInteropEnvironment({
+    name: 'ctr',
+    user: { username: USER, password: USER_PASSWORD },
+    containerd: true,
   });
-  assert.equal(response.status, 201, `create account ${USER}: ${await response.text()}`);
+  ({ server, workDir, sandbox } = environment);
+  ctr = new Ctr(environment.containerd!, sandbox);
 });
 
 after(async () => {
-  await containerd?.stop();
-  await server?.cleanup();
-  if (workDir) rmSync(workDir, { recursive: true, force: true });
+  await environment?.stop();
 });
-
-/** Runs ctr against the private containerd in `namespace`. */
-function ctr(namespace: string, ...args: string[]): Promise<string> {
-  return run('ctr', ['--address', containerd.socket, '--namespace', namespace, ...args], {
-    env: { PATH: process.env.PATH ?? '', HOME: sandbox.env.HOME },
-  });
-}
-
-/** Returns a containerd namespace no other test uses, so each test starts with an empty store. */
-function freshNamespace(): string {
-  namespaceCount += 1;
-  return `mcr-test-${namespaceCount}`;
-}
 
 function remote(repositoryAndTag: string): string {
   return `${server.host}/${repositoryAndTag}`;
@@ -102,61 +86,65 @@ async function importImage(name: string, reference: string, namespace: string): 
     workDir: dir,
   });
   const archive = path.join(dir, 'image.tar');
-  await run('skopeo', ['copy', `oci:${layout}:v1`, `oci-archive:${archive}:${reference}`], {
-    env: sandbox.env,
-  });
-  await ctr(namespace, 'images', 'import', '--snapshotter', 'native', archive);
+  await writeOciArchive(sandbox, layout, 'v1', archive, reference);
+  await ctr.importArchive(namespace, archive);
   return layout;
 }
 
-async function fetchManifest(
-  repository: string,
-  reference: string,
-): Promise<{ status: number; digest: string | null; body: Buffer }> {
-  const response = await server.fetch(`/v2/${repository}/manifests/${reference}`, {
-    headers: { Accept: MANIFEST_ACCEPT },
-  });
-  return {
-    status: response.status,
-    digest: response.headers.get('docker-content-digest'),
-    body: Buffer.from(await response.arrayBuffer()),
-  };
+function getManifest(repository: string, reference: string): Promise<ServedManifest> {
+  return fetchManifest(server, repository, reference);
 }
 
-async function fetchBlob(repository: string, digest: string): Promise<Buffer> {
-  const response = await server.fetch(`/v2/${repository}/blobs/${digest}`);
-  assert.equal(response.status, 200, `GET blob ${digest} from ${repository}`);
-  return Buffer.from(await response.arrayBuffer());
-}
-
-/** Reads the target digest of `reference` from `ctr images ls`. */
-async function imageDigest(namespace: string, reference: string): Promise<string> {
-  const output = await ctr(namespace, 'images', 'ls');
-  const line = output.split('\n').find((row) => row.split(/\s+/)[0] === reference);
-  assert.ok(line, `ctr images ls in ${namespace} lists ${reference}:\n${output}`);
-  const digest = line.split(/\s+/)[2] ?? '';
-  assert.match(digest, /^sha256:[0-9a-f]{64}$/, `digest column of: ${line}`);
-  return digest;
-}
-
-/** Reads one blob from the containerd content store of `namespace`. */
-async function contentGet(namespace: string, digest: string): Promise<Buffer> {
-  const { stdout } = await execFileAsync(
-    'ctr',
-    ['--address', containerd.socket, '--namespace', namespace, 'content', 'get', digest],
-    { encoding: 'buffer', maxBuffer: 64 * 1024 * 1024, timeout: 60_000 },
+/** Builds an OCI artifact manifest: an empty config, one layer and a subject. */
+function artifactManifest(
+  artifactType: string,
+  config: Buffer,
+  layer: Buffer,
+  subject: { mediaType: string; digest: string; size: number },
+): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      artifactType,
+      config: descriptor(OCI_EMPTY, config),
+      layers: [descriptor('application/json', layer)],
+      subject,
+    }),
   );
-  return stdout;
 }
 
-/** Runs ctr and returns the error message with its standard error. Fails the test when ctr succeeds. */
-async function ctrFailure(namespace: string, ...args: string[]): Promise<string> {
-  try {
-    await ctr(namespace, ...args);
-  } catch (error) {
-    return (error as Error).message;
-  }
-  assert.fail(`ctr ${args.join(' ')} succeeded, but it was expected to fail`);
+/** `ctr content push-object` arguments that push `digest` from the content store as `mediaType`. */
+function pushObjectArgs(
+  credentials: string,
+  target: string,
+  digest: string,
+  mediaType: string,
+): string[] {
+  return [
+    'content',
+    'push-object',
+    '--plain-http',
+    '--user',
+    credentials,
+    target,
+    digest,
+    mediaType,
+  ];
+}
+
+/**
+ * Reads the OCI-Subject header of the response to the manifest PUT from the
+ * output of `ctr content push-object --http-dump`, which logs each request
+ * line and each response header on a line of its own.
+ */
+function dumpedSubject(stderr: string, manifestDigest: string): string | undefined {
+  const put = stderr.indexOf(`PUT /v2/`);
+  assert.notEqual(put, -1, 'the HTTP dump shows a PUT request');
+  const response = stderr.slice(put);
+  assert.match(response, new RegExp(`manifests/${manifestDigest} HTTP/1.1`));
+  assert.match(response, /HTTP\/1.1 201 Created/);
+  return /Oci-Subject: (\S+?)"/i.exec(response)?.[1];
 }
 
 function skipWithoutClients(t: TestContext): boolean {
@@ -169,49 +157,31 @@ describe('containerd ctr against mcr', () => {
   it('pushes and pulls one image', async (t) => {
     if (skipWithoutClients(t)) return;
     const reference = remote('admin/ctr-single:v1');
-    const pushNamespace = freshNamespace();
+    const pushNamespace = ctr.freshNamespace();
     const layout = await importImage('single', reference, pushNamespace);
     const expected = taggedDescriptor(layout, 'v1');
     const manifest = readJsonBlob<ImageManifest>(layout, expected.digest);
 
-    await ctr(
-      pushNamespace,
-      'images',
-      'push',
-      '--plain-http',
-      '--user',
-      `${ADMIN_USER}:${ADMIN_PASSWORD}`,
-      reference,
-    );
+    await ctr.push(pushNamespace, ADMIN_CREDENTIALS, reference);
 
-    const stored = await fetchManifest('admin/ctr-single', 'v1');
+    const stored = await getManifest('admin/ctr-single', 'v1');
     assert.equal(stored.status, 200);
     assert.equal(stored.digest, expected.digest);
     assert.deepEqual(stored.body, readLayoutBlob(layout, expected.digest));
     for (const blob of [manifest.config, ...manifest.layers]) {
       assert.deepEqual(
-        await fetchBlob('admin/ctr-single', blob.digest),
+        await fetchBlob(server, 'admin/ctr-single', blob.digest),
         readLayoutBlob(layout, blob.digest),
         `blob ${blob.digest} in mcr`,
       );
     }
 
-    const pullNamespace = freshNamespace();
-    await ctr(
-      pullNamespace,
-      'images',
-      'pull',
-      '--plain-http',
-      '--snapshotter',
-      'native',
-      '--user',
-      `${ADMIN_USER}:${ADMIN_PASSWORD}`,
-      reference,
-    );
-    assert.equal(await imageDigest(pullNamespace, reference), expected.digest);
+    const pullNamespace = ctr.freshNamespace();
+    await ctr.pull(pullNamespace, ADMIN_CREDENTIALS, reference);
+    assert.equal(await ctr.imageDigest(pullNamespace, reference), expected.digest);
     for (const blob of [expected, manifest.config, ...manifest.layers]) {
       assert.deepEqual(
-        await contentGet(pullNamespace, blob.digest),
+        await ctr.contentGet(pullNamespace, blob.digest),
         readLayoutBlob(layout, blob.digest),
         `blob ${blob.digest} in containerd after pull`,
       );
@@ -236,59 +206,28 @@ describe('containerd ctr against mcr', () => {
     const index = readJsonBlob<ImageIndex>(layout, indexDescriptor.digest);
     const reference = remote('admin/ctr-index:multi');
     const archive = path.join(dir, 'index.tar');
-    await run(
-      'skopeo',
-      ['copy', '--all', `oci:${layout}:multi`, `oci-archive:${archive}:${reference}`],
-      { env: sandbox.env },
-    );
+    await writeOciArchive(sandbox, layout, 'multi', archive, reference, true);
 
-    const pushNamespace = freshNamespace();
-    await ctr(
-      pushNamespace,
-      'images',
-      'import',
-      '--all-platforms',
-      '--snapshotter',
-      'native',
-      archive,
-    );
-    await ctr(
-      pushNamespace,
-      'images',
-      'push',
-      '--plain-http',
-      '--user',
-      `${ADMIN_USER}:${ADMIN_PASSWORD}`,
-      reference,
-    );
+    const pushNamespace = ctr.freshNamespace();
+    await ctr.importArchive(pushNamespace, archive, '--all-platforms');
+    await ctr.push(pushNamespace, ADMIN_CREDENTIALS, reference);
 
-    const stored = await fetchManifest('admin/ctr-index', 'multi');
+    const stored = await getManifest('admin/ctr-index', 'multi');
     assert.equal(stored.status, 200);
     assert.equal(stored.digest, indexDescriptor.digest);
     for (const child of index.manifests) {
-      const childManifest = await fetchManifest('admin/ctr-index', child.digest);
+      const childManifest = await getManifest('admin/ctr-index', child.digest);
       assert.equal(childManifest.status, 200, `child manifest ${child.digest} in mcr`);
     }
 
-    const pullNamespace = freshNamespace();
-    await ctr(
-      pullNamespace,
-      'images',
-      'pull',
-      '--plain-http',
-      '--all-platforms',
-      '--snapshotter',
-      'native',
-      '--user',
-      `${ADMIN_USER}:${ADMIN_PASSWORD}`,
-      reference,
-    );
-    assert.equal(await imageDigest(pullNamespace, reference), indexDescriptor.digest);
+    const pullNamespace = ctr.freshNamespace();
+    await ctr.pull(pullNamespace, ADMIN_CREDENTIALS, reference, '--all-platforms');
+    assert.equal(await ctr.imageDigest(pullNamespace, reference), indexDescriptor.digest);
     for (const child of index.manifests) {
       const childManifest = readJsonBlob<ImageManifest>(layout, child.digest);
       for (const blob of [child, childManifest.config, ...childManifest.layers]) {
         assert.deepEqual(
-          await contentGet(pullNamespace, blob.digest),
+          await ctr.contentGet(pullNamespace, blob.digest),
           readLayoutBlob(layout, blob.digest),
           `blob ${blob.digest} of ${child.platform?.architecture} in containerd after pull`,
         );
@@ -299,33 +238,25 @@ describe('containerd ctr against mcr', () => {
   it('fetches content without unpacking', async (t) => {
     if (skipWithoutClients(t)) return;
     const reference = remote('admin/ctr-fetch:v1');
-    const pushNamespace = freshNamespace();
+    const pushNamespace = ctr.freshNamespace();
     const layout = await importImage('fetch', reference, pushNamespace);
     const expected = taggedDescriptor(layout, 'v1');
     const manifest = readJsonBlob<ImageManifest>(layout, expected.digest);
-    await ctr(
-      pushNamespace,
-      'images',
-      'push',
-      '--plain-http',
-      '--user',
-      `${ADMIN_USER}:${ADMIN_PASSWORD}`,
-      reference,
-    );
+    await ctr.push(pushNamespace, ADMIN_CREDENTIALS, reference);
 
-    const fetchNamespace = freshNamespace();
-    await ctr(
+    const fetchNamespace = ctr.freshNamespace();
+    await ctr.run(
       fetchNamespace,
       'content',
       'fetch',
       '--plain-http',
       '--user',
-      `${ADMIN_USER}:${ADMIN_PASSWORD}`,
+      ADMIN_CREDENTIALS,
       reference,
     );
     for (const blob of [expected, manifest.config, ...manifest.layers]) {
       assert.deepEqual(
-        await contentGet(fetchNamespace, blob.digest),
+        await ctr.contentGet(fetchNamespace, blob.digest),
         readLayoutBlob(layout, blob.digest),
         `blob ${blob.digest} in containerd after content fetch`,
       );
@@ -335,10 +266,10 @@ describe('containerd ctr against mcr', () => {
   it('rejects wrong password', async (t) => {
     if (skipWithoutClients(t)) return;
     const reference = remote('admin/ctr-badpass:v1');
-    const namespace = freshNamespace();
+    const namespace = ctr.freshNamespace();
     await importImage('badpass', reference, namespace);
 
-    const pushError = await ctrFailure(
+    const pushError = await ctr.failure(
       namespace,
       'images',
       'push',
@@ -348,10 +279,10 @@ describe('containerd ctr against mcr', () => {
       reference,
     );
     assert.match(pushError, /401 Unauthorized/);
-    assert.equal((await fetchManifest('admin/ctr-badpass', 'v1')).status, 404);
+    assert.equal((await getManifest('admin/ctr-badpass', 'v1')).status, 404);
 
-    const pullError = await ctrFailure(
-      freshNamespace(),
+    const pullError = await ctr.failure(
+      ctr.freshNamespace(),
       'images',
       'pull',
       '--plain-http',
@@ -367,11 +298,11 @@ describe('containerd ctr against mcr', () => {
   it('denies push outside user namespace', async (t) => {
     if (skipWithoutClients(t)) return;
     const source = remote('admin/ctr-policy:v1');
-    const namespace = freshNamespace();
+    const namespace = ctr.freshNamespace();
     const layout = await importImage('policy', source, namespace);
     const expected = taggedDescriptor(layout, 'v1');
 
-    const pushError = await ctrFailure(
+    const pushError = await ctr.failure(
       namespace,
       'images',
       'push',
@@ -382,21 +313,199 @@ describe('containerd ctr against mcr', () => {
       source,
     );
     assert.match(pushError, /403 Forbidden/);
-    assert.equal((await fetchManifest('admin/ctr-policy', 'v1')).status, 404);
+    assert.equal((await getManifest('admin/ctr-policy', 'v1')).status, 404);
 
     // The same account may push the same image under its own name.
-    await ctr(
-      namespace,
-      'images',
-      'push',
-      '--plain-http',
-      '--user',
-      `${USER}:${USER_PASSWORD}`,
-      remote(`${USER}/ctr-policy:v1`),
-      source,
-    );
-    const own = await fetchManifest(`${USER}/ctr-policy`, 'v1');
+    await ctr.push(namespace, `${USER}:${USER_PASSWORD}`, remote(`${USER}/ctr-policy:v1`), source);
+    const own = await getManifest(`${USER}/ctr-policy`, 'v1');
     assert.equal(own.status, 200);
     assert.equal(own.digest, expected.digest);
+  });
+
+  it('pushes artifact with push-object', async (t) => {
+    if (skipWithoutClients(t)) return;
+    const repository = 'admin/ctr-artifact';
+    const namespace = ctr.freshNamespace();
+    const layout = await importImage('artifact', remote(`${repository}:v1`), namespace);
+    await ctr.push(namespace, ADMIN_CREDENTIALS, remote(`${repository}:v1`));
+    const image = taggedDescriptor(layout, 'v1');
+    const subject = { mediaType: image.mediaType, digest: image.digest, size: image.size };
+
+    const config = Buffer.from('{}');
+    const sbom = Buffer.from(JSON.stringify({ sbom: 'components', nonce: Math.random() }));
+    const sbomManifest = artifactManifest(SBOM_TYPE, config, sbom, subject);
+    const sbomDigest = sha256(sbomManifest);
+    for (const data of [config, sbom, sbomManifest]) {
+      await ctr.contentIngest(namespace, sha256(data), data);
+    }
+
+    // Blobs first, then the manifest by digest, as the specification orders it.
+    await ctr.run(
+      namespace,
+      ...pushObjectArgs(ADMIN_CREDENTIALS, remote(repository), sha256(config), OCI_EMPTY),
+    );
+    await ctr.run(
+      namespace,
+      ...pushObjectArgs(ADMIN_CREDENTIALS, remote(repository), sha256(sbom), 'application/json'),
+    );
+    const pushed = await ctr.command(namespace, [
+      ...pushObjectArgs(
+        ADMIN_CREDENTIALS,
+        remote(`${repository}@${sbomDigest}`),
+        sbomDigest,
+        OCI_MANIFEST,
+      ),
+      '--http-dump',
+    ]);
+    assert.equal(pushed.status, 0, `ctr content push-object of the manifest: ${pushed.stdout}`);
+    assert.match(pushed.stdout, new RegExp(`Pushed ${sbomDigest}`));
+    // NOTE: in one full test run, ctr 1.6's dump ended after the 201 status
+    // line, before the Oci-Subject header. So the dump is checked when it has
+    // the header, and a PUT of the same bytes with fetch checks it every time.
+    const dumped = dumpedSubject(pushed.stderr, sbomDigest);
+    if (dumped !== undefined) assert.equal(dumped, image.digest, 'OCI-Subject in the ctr dump');
+    const again = await server.fetch(`/v2/${repository}/manifests/${sbomDigest}`, {
+      method: 'PUT',
+      body: sbomManifest,
+      headers: { 'Content-Type': OCI_MANIFEST },
+    });
+    assert.equal(again.status, 201);
+    assert.equal(again.headers.get('oci-subject'), image.digest, 'OCI-Subject on the PUT');
+
+    const stored = await getManifest(repository, sbomDigest);
+    assert.equal(stored.status, 200);
+    assert.equal(stored.mediaType, OCI_MANIFEST);
+    assert.equal(stored.digest, sbomDigest);
+    assert.deepEqual(stored.body, sbomManifest);
+    assert.deepEqual(await fetchBlob(server, repository, sha256(sbom)), sbom);
+
+    // ctr reads both back by digest into an empty namespace.
+    const fetchNamespace = ctr.freshNamespace();
+    const fetchObject = (digest: string) =>
+      ctr.run(
+        fetchNamespace,
+        'content',
+        'fetch-object',
+        '--plain-http',
+        '--user',
+        ADMIN_CREDENTIALS,
+        remote(`${repository}@${digest}`),
+      );
+    assert.equal(await fetchObject(sbomDigest), sbomManifest.toString('utf8'));
+    assert.equal(await fetchObject(sha256(sbom)), sbom.toString('utf8'));
+
+    // A second referrer of another type shares the config blob that is now
+    // in the repository. ctr 1.6 reports an existing blob as an error.
+    const signature = Buffer.from(JSON.stringify({ signature: 'bytes', nonce: Math.random() }));
+    const signatureManifest = artifactManifest(SIGNATURE_TYPE, config, signature, subject);
+    const signatureDigest = sha256(signatureManifest);
+    for (const data of [signature, signatureManifest]) {
+      await ctr.contentIngest(namespace, sha256(data), data);
+    }
+    const existing = await ctr.failure(
+      namespace,
+      ...pushObjectArgs(ADMIN_CREDENTIALS, remote(repository), sha256(config), OCI_EMPTY),
+    );
+    assert.match(existing, new RegExp(`content ${sha256(config)} on remote: already exists`));
+    await ctr.run(
+      namespace,
+      ...pushObjectArgs(
+        ADMIN_CREDENTIALS,
+        remote(repository),
+        sha256(signature),
+        'application/json',
+      ),
+    );
+    await ctr.run(
+      namespace,
+      ...pushObjectArgs(
+        ADMIN_CREDENTIALS,
+        remote(`${repository}@${signatureDigest}`),
+        signatureDigest,
+        OCI_MANIFEST,
+      ),
+    );
+
+    const referrer = (artifactType: string, manifest: Buffer) => ({
+      mediaType: OCI_MANIFEST,
+      digest: sha256(manifest),
+      size: manifest.length,
+      artifactType,
+    });
+    const all = await server.fetch(`/v2/${repository}/referrers/${image.digest}`);
+    assert.equal(all.status, 200);
+    assert.equal(all.headers.get('content-type'), OCI_INDEX);
+    assert.equal(all.headers.get('oci-filters-applied'), null);
+    const allIndex = (await all.json()) as ImageIndex;
+    assert.deepEqual(
+      [...allIndex.manifests].sort((a, b) => a.digest.localeCompare(b.digest)),
+      [referrer(SBOM_TYPE, sbomManifest), referrer(SIGNATURE_TYPE, signatureManifest)].sort(
+        (a, b) => a.digest.localeCompare(b.digest),
+      ),
+    );
+
+    const filtered = await server.fetch(
+      `/v2/${repository}/referrers/${image.digest}?artifactType=${encodeURIComponent(SBOM_TYPE)}`,
+    );
+    assert.equal(filtered.status, 200);
+    assert.equal(filtered.headers.get('oci-filters-applied'), 'artifactType');
+    assert.deepEqual(((await filtered.json()) as ImageIndex).manifests, [
+      referrer(SBOM_TYPE, sbomManifest),
+    ]);
+
+    const none = await server.fetch(
+      `/v2/${repository}/referrers/${image.digest}?artifactType=${encodeURIComponent('application/vnd.example.none')}`,
+    );
+    assert.equal(none.status, 200);
+    assert.equal(none.headers.get('oci-filters-applied'), 'artifactType');
+    assert.deepEqual(((await none.json()) as ImageIndex).manifests, []);
+  });
+
+  it('rejects push-object without rights', async (t) => {
+    if (skipWithoutClients(t)) return;
+    const repository = 'admin/ctr-artifact-denied';
+    const namespace = ctr.freshNamespace();
+    const layer = Buffer.from(JSON.stringify({ denied: Math.random() }));
+    const config = Buffer.from('{}');
+    const manifest = artifactManifest(SBOM_TYPE, config, layer, {
+      mediaType: OCI_MANIFEST,
+      digest: sha256('no such subject'),
+      size: 15,
+    });
+    for (const data of [config, layer, manifest]) {
+      await ctr.contentIngest(namespace, sha256(data), data);
+    }
+
+    const wrongPassword = await ctr.failure(
+      namespace,
+      ...pushObjectArgs(
+        `${ADMIN_USER}:wrong-password`,
+        remote(repository),
+        sha256(layer),
+        'application/json',
+      ),
+    );
+    assert.match(wrongPassword, /401 Unauthorized/);
+
+    const credentials = `${USER}:${USER_PASSWORD}`;
+    const deniedBlob = await ctr.failure(
+      namespace,
+      ...pushObjectArgs(credentials, remote(repository), sha256(layer), 'application/json'),
+    );
+    assert.match(deniedBlob, /403 Forbidden/);
+    const deniedManifest = await ctr.failure(
+      namespace,
+      ...pushObjectArgs(
+        credentials,
+        remote(`${repository}@${sha256(manifest)}`),
+        sha256(manifest),
+        OCI_MANIFEST,
+      ),
+    );
+    assert.match(deniedManifest, /403 Forbidden/);
+
+    const blob = await server.fetch(`/v2/${repository}/blobs/${sha256(layer)}`, { method: 'HEAD' });
+    assert.equal(blob.status, 404, 'the layer is not stored');
+    assert.equal((await getManifest(repository, sha256(manifest))).status, 404);
   });
 });

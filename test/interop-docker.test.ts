@@ -4,148 +4,73 @@
 // and skopeo writes as docker-archive files for `docker load`, so dockerd
 // only ever talks to the loopback server.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { gunzipSync } from 'node:zlib';
 
-import { findExecutable, startContainerd, startDockerd, type Daemon } from './helpers/daemons.js';
+import { missingExecutables } from './helpers/daemons.js';
+import { DockerCli, writeDockerArchive } from './helpers/docker.js';
 import {
   buildUmociImage,
-  createClientSandbox,
   randomFiles,
   readJsonBlob,
   run,
   taggedDescriptor,
   writeImageIndex,
   type ClientSandbox,
+  type ImageIndex,
   type ImageManifest,
 } from './helpers/images.js';
-import { DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, sha256 } from './helpers/oci.js';
-import { ADMIN_PASSWORD, ADMIN_USER, startServer, type TestServer } from './helpers/server.js';
+import {
+  DOCKER_LIST,
+  DOCKER_MANIFEST,
+  fetchBlob,
+  fetchManifest,
+  sha256,
+  type ServedManifest,
+} from './helpers/oci.js';
+import { startInteropEnvironment, type InteropEnvironment } from './helpers/interop.js';
+import { ADMIN_PASSWORD, ADMIN_USER, type TestServer } from './helpers/server.js';
 
-const MANIFEST_ACCEPT = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST].join(', ');
 const USER = 'dockeruser';
 const USER_PASSWORD = 'dockeruser-password';
-const COMMAND_TIMEOUT_MS = 60_000;
 
-const missing = ['dockerd', 'docker', 'containerd', 'ctr', 'skopeo', 'umoci'].filter(
-  (name) => !findExecutable(name),
-);
-const skipReason =
-  missing.length > 0
-    ? `not found on PATH: ${missing.join(', ')}; install with scripts/install-test-deps.sh`
-    : undefined;
+const skipReason = missingExecutables([
+  'dockerd',
+  'docker',
+  'containerd',
+  'ctr',
+  'skopeo',
+  'umoci',
+]);
 
+let environment: InteropEnvironment;
 let server: TestServer;
-let containerd: Daemon;
-let dockerd: Daemon;
 let workDir: string;
 let sandbox: ClientSandbox;
-/** DOCKER_CONFIG directory of the CLI logged in as the admin account. */
-let adminConfig: string;
+/** The Docker CLI logged in as the admin account. */
+let admin: DockerCli;
 
 before(async () => {
   if (skipReason) return;
-  workDir = mkdtempSync(path.join(tmpdir(), 'mcr-docker-'));
-  sandbox = createClientSandbox(path.join(workDir, 'clients'));
-  server = await startServer();
-  containerd = await startContainerd(path.join(workDir, 'containerd'));
-  dockerd = await startDockerd(path.join(workDir, 'dockerd'), containerd.socket, [server.host]);
-
-  const response = await server.fetch('/v1/accounts', {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ username: USER, password: USER_PASSWORD, role: 'user', kind: 'human' }),
+  environment = await startInteropEnvironment({
+    name: 'docker',
+    user: { username: USER, password: USER_PASSWORD },
+    docker: true,
   });
-  assert.equal(response.status, 201, `create account ${USER}: ${await response.text()}`);
-
-  adminConfig = newDockerConfig('admin');
-  await login(adminConfig, ADMIN_USER, ADMIN_PASSWORD);
+  ({ server, workDir, sandbox } = environment);
+  admin = newDockerCli('admin');
+  await admin.loginOrFail(server.host, ADMIN_USER, ADMIN_PASSWORD);
 });
 
 after(async () => {
-  await dockerd?.stop();
-  await containerd?.stop();
-  await server?.cleanup();
-  if (workDir) rmSync(workDir, { recursive: true, force: true });
+  await environment?.stop();
 });
 
-interface CommandResult {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/**
- * Runs the Docker CLI against the private dockerd with `configDir` as
- * DOCKER_CONFIG. Resolves with the exit status and output, never rejects
- * on a non-zero status, and kills the CLI after 60 s.
- */
-function dockerCommand(configDir: string, args: string[], input?: string): Promise<CommandResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('docker', args, {
-      env: {
-        PATH: process.env.PATH ?? '',
-        HOME: sandbox.env.HOME,
-        DOCKER_HOST: `unix://${dockerd.socket}`,
-        DOCKER_CONFIG: configDir,
-        // `docker manifest` is experimental in Docker CLI 20.10.
-        DOCKER_CLI_EXPERIMENTAL: 'enabled',
-      },
-      stdio: ['pipe', 'pipe', 'pipe'],
-      timeout: COMMAND_TIMEOUT_MS,
-      killSignal: 'SIGKILL',
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.once('error', reject);
-    child.once('close', (status) => resolve({ status, stdout, stderr }));
-    child.stdin.end(input ?? '');
-  });
-}
-
-/** Runs the Docker CLI and returns its standard output; fails the test on a non-zero status. */
-async function docker(configDir: string, ...args: string[]): Promise<string> {
-  const result = await dockerCommand(configDir, args);
-  assert.equal(
-    result.status,
-    0,
-    `docker ${args.join(' ')} failed with exit status ${result.status}: ${result.stderr.trim()}`,
-  );
-  return result.stdout;
-}
-
-/** Runs the Docker CLI and returns its standard error; fails the test when the command succeeds. */
-async function dockerFailure(configDir: string, ...args: string[]): Promise<string> {
-  const result = await dockerCommand(configDir, args);
-  assert.notEqual(
-    result.status,
-    0,
-    `docker ${args.join(' ')} succeeded, but it was expected to fail: ${result.stdout.trim()}`,
-  );
-  return result.stderr;
-}
-
-function login(configDir: string, username: string, password: string): Promise<CommandResult> {
-  return dockerCommand(
-    configDir,
-    ['login', '--username', username, '--password-stdin', server.host],
-    password,
-  ).then((result) => {
-    assert.equal(result.status, 0, `docker login as ${username}: ${result.stderr.trim()}`);
-    return result;
-  });
-}
-
-function newDockerConfig(name: string): string {
-  const dir = path.join(workDir, 'docker-config', name);
-  mkdirSync(dir, { recursive: true });
-  return dir;
+/** Returns a Docker CLI with its own configuration directory, which has no login yet. */
+function newDockerCli(name: string): DockerCli {
+  return new DockerCli(environment.dockerd!, sandbox, path.join(workDir, 'docker-config', name));
 }
 
 function testDir(name: string): string {
@@ -158,8 +83,11 @@ function remote(repositoryAndTag: string): string {
   return `${server.host}/${repositoryAndTag}`;
 }
 
-/** Builds a one-layer image in a fresh OCI layout under tag v1 and returns the layout path. */
-async function buildLayout(name: string): Promise<string> {
+/**
+ * Builds a one-layer image for `architecture` (the host's when omitted) in
+ * a fresh OCI layout under tag v1 and returns the layout path.
+ */
+async function buildLayout(name: string, architecture?: string): Promise<string> {
   const dir = testDir(name);
   const layout = path.join(dir, 'layout');
   await buildUmociImage({
@@ -167,57 +95,36 @@ async function buildLayout(name: string): Promise<string> {
     tag: 'v1',
     layers: [randomFiles({ 'data/blob.bin': 64 * 1024 })],
     workDir: dir,
+    ...(architecture ? { architecture, os: 'linux' } : {}),
   });
   return layout;
 }
 
-/** Builds an image, writes it as a docker-archive tagged `reference` and loads it into dockerd. */
-async function loadImage(name: string, reference: string): Promise<void> {
-  const layout = await buildLayout(name);
+/**
+ * Builds an image, writes it as a docker-archive tagged `reference` and
+ * loads it into dockerd. Returns the OCI layout the image came from.
+ */
+async function loadImage(name: string, reference: string, architecture?: string): Promise<string> {
+  const layout = await buildLayout(name, architecture);
   const archive = path.join(workDir, name, 'image.tar');
-  await run('skopeo', ['copy', `oci:${layout}:v1`, `docker-archive:${archive}:${reference}`], {
-    env: sandbox.env,
-  });
-  const output = await docker(adminConfig, 'load', '--input', archive);
-  assert.match(output, new RegExp(`Loaded image: ${escapeRegExp(reference)}`));
+  await writeDockerArchive(sandbox, layout, 'v1', archive, reference);
+  await admin.load(archive, reference);
+  return layout;
 }
 
-async function fetchManifest(
-  repository: string,
-  reference: string,
-): Promise<{ status: number; digest: string | null; body: Buffer }> {
-  const response = await server.fetch(`/v2/${repository}/manifests/${reference}`, {
-    headers: { Accept: MANIFEST_ACCEPT },
-  });
-  return {
-    status: response.status,
-    digest: response.headers.get('docker-content-digest'),
-    body: Buffer.from(await response.arrayBuffer()),
-  };
+function getManifest(repository: string, reference: string): Promise<ServedManifest> {
+  return fetchManifest(server, repository, reference);
 }
 
-async function fetchBlob(repository: string, digest: string): Promise<Buffer> {
-  const response = await server.fetch(`/v2/${repository}/blobs/${digest}`);
-  assert.equal(response.status, 200, `GET blob ${digest} from ${repository}`);
-  return Buffer.from(await response.arrayBuffer());
+function getBlob(repository: string, digest: string): Promise<Buffer> {
+  return fetchBlob(server, repository, digest);
 }
 
-/** Reads the manifest digest from the "TAG: digest: sha256:... size: N" line of `docker push`. */
-function pushedDigest(output: string): string {
-  const match = /: digest: (sha256:[0-9a-f]{64}) size: \d+/.exec(output);
-  assert.ok(match?.[1], `docker push output has a digest line:\n${output}`);
-  return match[1];
-}
-
-async function inspectImage(reference: string): Promise<{ Id: string; RepoDigests: string[] }> {
-  const output = await docker(adminConfig, 'image', 'inspect', reference);
-  const [image] = JSON.parse(output) as Array<{ Id: string; RepoDigests: string[] }>;
-  assert.ok(image, `docker image inspect ${reference} returns one image`);
-  return image;
-}
-
-function escapeRegExp(text: string): string {
-  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+/** Reads the digest that `docker manifest push` prints as its last line. */
+function manifestPushDigest(output: string): string {
+  const digest = output.trim().split('\n').pop() ?? '';
+  assert.match(digest, /^sha256:[0-9a-f]{64}$/, `docker manifest push output:\n${output}`);
+  return digest;
 }
 
 function skipWithoutClients(t: TestContext): boolean {
@@ -231,7 +138,7 @@ describe('docker CLI against mcr', () => {
     if (skipWithoutClients(t)) return;
     // mcr returns a refresh token for the CLI's OAuth2 password grant, and
     // the CLI stores that token in place of the password.
-    const config = JSON.parse(readFileSync(path.join(adminConfig, 'config.json'), 'utf8')) as {
+    const config = JSON.parse(readFileSync(path.join(admin.configDir, 'config.json'), 'utf8')) as {
       auths: Record<string, { auth?: string; identitytoken?: string }>;
     };
     const entry = config.auths[server.host];
@@ -245,11 +152,11 @@ describe('docker CLI against mcr', () => {
     const loaded = remote('admin/docker-load:v1');
     const reference = remote('admin/docker-push:v1');
     await loadImage('push', loaded);
-    await docker(adminConfig, 'tag', loaded, reference);
-    const imageId = (await inspectImage(reference)).Id;
+    await admin.run('tag', loaded, reference);
+    const imageId = (await admin.inspectImage(reference)).Id;
 
-    const digest = pushedDigest(await docker(adminConfig, 'push', reference));
-    const stored = await fetchManifest('admin/docker-push', 'v1');
+    const digest = await admin.push(reference);
+    const stored = await getManifest('admin/docker-push', 'v1');
     assert.equal(stored.status, 200);
     assert.equal(stored.digest, digest);
     assert.equal(sha256(stored.body), digest);
@@ -258,11 +165,11 @@ describe('docker CLI against mcr', () => {
     assert.equal(manifest.mediaType, DOCKER_MANIFEST);
     assert.equal(manifest.config.digest, imageId);
     const config = JSON.parse(
-      (await fetchBlob('admin/docker-push', manifest.config.digest)).toString('utf8'),
+      (await getBlob('admin/docker-push', manifest.config.digest)).toString('utf8'),
     ) as { rootfs: { diff_ids: string[] } };
     assert.equal(manifest.layers.length, config.rootfs.diff_ids.length);
     for (const [number, layer] of manifest.layers.entries()) {
-      const blob = await fetchBlob('admin/docker-push', layer.digest);
+      const blob = await getBlob('admin/docker-push', layer.digest);
       assert.equal(sha256(blob), layer.digest, `layer ${number} digest`);
       assert.equal(
         sha256(gunzipSync(blob)),
@@ -271,10 +178,10 @@ describe('docker CLI against mcr', () => {
       );
     }
 
-    await docker(adminConfig, 'image', 'rm', loaded, reference);
-    const pullOutput = await docker(adminConfig, 'pull', reference);
+    await admin.run('image', 'rm', loaded, reference);
+    const pullOutput = await admin.run('pull', reference);
     assert.match(pullOutput, new RegExp(`Digest: ${digest}`));
-    const pulled = await inspectImage(reference);
+    const pulled = await admin.inspectImage(reference);
     assert.equal(pulled.Id, imageId);
     assert.ok(
       pulled.RepoDigests.includes(`${server.host}/admin/docker-push@${digest}`),
@@ -301,9 +208,9 @@ describe('docker CLI against mcr', () => {
       { env: sandbox.env },
     );
 
-    const output = await docker(adminConfig, 'pull', reference);
+    const output = await admin.run('pull', reference);
     assert.match(output, new RegExp(`Digest: ${expected.digest}`));
-    const pulled = await inspectImage(reference);
+    const pulled = await admin.inspectImage(reference);
     assert.equal(pulled.Id, manifest.config.digest);
     assert.ok(
       pulled.RepoDigests.includes(`${server.host}/admin/docker-oci@${expected.digest}`),
@@ -343,9 +250,9 @@ describe('docker CLI against mcr', () => {
     );
 
     // An explicit platform keeps the expected image the same on any host.
-    const output = await docker(adminConfig, 'pull', '--platform', 'linux/arm64', reference);
+    const output = await admin.run('pull', '--platform', 'linux/arm64', reference);
     assert.match(output, new RegExp(`Digest: ${index.digest}`));
-    const pulled = await inspectImage(reference);
+    const pulled = await admin.inspectImage(reference);
     assert.equal(pulled.Id, arm64.config.digest);
     assert.ok(
       pulled.RepoDigests.includes(`${server.host}/admin/docker-index@${index.digest}`),
@@ -357,20 +264,118 @@ describe('docker CLI against mcr', () => {
     if (skipWithoutClients(t)) return;
     const loaded = remote('admin/docker-inspect:v1');
     await loadImage('inspect', loaded);
-    const digest = pushedDigest(await docker(adminConfig, 'push', loaded));
+    const digest = await admin.push(loaded);
 
-    const output = await docker(adminConfig, 'manifest', 'inspect', '--insecure', loaded);
-    const stored = await fetchManifest('admin/docker-inspect', digest);
+    const output = await admin.run('manifest', 'inspect', '--insecure', loaded);
+    const stored = await getManifest('admin/docker-inspect', digest);
     assert.equal(stored.status, 200);
     assert.deepEqual(JSON.parse(output), JSON.parse(stored.body.toString('utf8')));
   });
 
+  it('creates and pushes manifest list', async (t) => {
+    if (skipWithoutClients(t)) return;
+    // The arm64 image lives in another repository, so `docker manifest push`
+    // has to mount its blobs and push its manifest into the list's repository.
+    const amd64 = remote('admin/docker-list:amd64');
+    const arm64 = remote('admin/docker-list-arm64:v1');
+    await loadImage('list-amd64', amd64, 'amd64');
+    await loadImage('list-arm64', arm64, 'arm64');
+    const children = [
+      { architecture: 'amd64', digest: await admin.push(amd64) },
+      { architecture: 'arm64', digest: await admin.push(arm64) },
+    ];
+    const arm64ConfigDigest = (await admin.inspectImage(arm64)).Id;
+
+    const list = remote('admin/docker-list:multi');
+    await admin.run('manifest', 'create', '--insecure', list, amd64, arm64);
+    const digest = manifestPushDigest(await admin.run('manifest', 'push', '--insecure', list));
+
+    const stored = await getManifest('admin/docker-list', 'multi');
+    assert.equal(stored.status, 200);
+    assert.equal(stored.mediaType, DOCKER_LIST);
+    assert.equal(stored.digest, digest);
+    assert.equal(sha256(stored.body), digest);
+    const index = JSON.parse(stored.body.toString('utf8')) as ImageIndex;
+    assert.equal(index.mediaType, DOCKER_LIST);
+    assert.deepEqual(
+      index.manifests.map((child) => ({
+        architecture: child.platform?.architecture,
+        digest: child.digest,
+      })),
+      children,
+    );
+    for (const child of index.manifests) {
+      assert.equal(child.mediaType, DOCKER_MANIFEST, `media type of child ${child.digest}`);
+      const served = await getManifest('admin/docker-list', child.digest);
+      assert.equal(served.status, 200, `child ${child.digest} in the list's repository`);
+      assert.equal(served.mediaType, DOCKER_MANIFEST);
+      assert.equal(served.body.length, child.size, `size of child ${child.digest}`);
+    }
+
+    // mcr logs each cross-repository mount: the arm64 config and layers came that way.
+    const arm64Manifest = JSON.parse(
+      (await getManifest('admin/docker-list', children[1]!.digest)).body.toString('utf8'),
+    ) as ImageManifest;
+    const mounted = server.logs
+      .filter(
+        (entry) =>
+          entry.msg === 'blob mounted' &&
+          entry.repository === 'admin/docker-list' &&
+          entry.from === 'admin/docker-list-arm64',
+      )
+      .map((entry) => entry.digest);
+    assert.deepEqual(
+      mounted.sort(),
+      [arm64Manifest.config.digest, ...arm64Manifest.layers.map((layer) => layer.digest)].sort(),
+    );
+
+    // skopeo reads the same bytes back.
+    const raw = await run(
+      'skopeo',
+      ['inspect', '--raw', '--tls-verify=false', '--creds', server.creds, `docker://${list}`],
+      { env: sandbox.env },
+    );
+    assert.equal(raw, stored.body.toString('utf8'));
+
+    const inspected = await admin.run('manifest', 'inspect', '--insecure', list);
+    assert.deepEqual(JSON.parse(inspected), index);
+
+    // dockerd resolves the arm64 image through the list.
+    await admin.run('image', 'rm', arm64);
+    const output = await admin.run('pull', '--platform', 'linux/arm64', list);
+    assert.match(output, new RegExp(`Digest: ${digest}`));
+    assert.equal((await admin.inspectImage(list)).Id, arm64ConfigDigest);
+  });
+
+  it('denies manifest list push outside user namespace', async (t) => {
+    if (skipWithoutClients(t)) return;
+    const amd64 = remote('admin/docker-list-denied:amd64');
+    await loadImage('list-denied', amd64, 'amd64');
+    await admin.push(amd64);
+
+    const user = newDockerCli('user-manifest');
+    await user.loginOrFail(server.host, USER, USER_PASSWORD);
+    const list = remote('admin/docker-list-denied:multi');
+    // Reading the child needs only pull, which the default policy grants.
+    await user.run('manifest', 'create', '--insecure', list, amd64);
+    const stderr = await user.failure('manifest', 'push', '--insecure', list);
+    assert.match(stderr, /denied: dockeruser may not push admin\/docker-list-denied/);
+    assert.equal((await getManifest('admin/docker-list-denied', 'multi')).status, 404);
+
+    // The same list goes through under the account's own name.
+    const own = remote(`${USER}/docker-list:multi`);
+    await user.run('manifest', 'create', '--insecure', own, amd64);
+    const digest = manifestPushDigest(await user.run('manifest', 'push', '--insecure', own));
+    const stored = await getManifest(`${USER}/docker-list`, 'multi');
+    assert.equal(stored.status, 200);
+    assert.equal(stored.digest, digest);
+  });
+
   it('rejects wrong password', async (t) => {
     if (skipWithoutClients(t)) return;
-    const configDir = newDockerConfig('wrong-password');
-    const result = await dockerCommand(
-      configDir,
-      ['login', '--username', ADMIN_USER, '--password-stdin', server.host],
+    const result = await newDockerCli('wrong-password').login(
+      server.host,
+      ADMIN_USER,
       'wrong-password',
     );
     assert.notEqual(result.status, 0, `docker login with a wrong password: ${result.stdout}`);
@@ -379,27 +384,27 @@ describe('docker CLI against mcr', () => {
 
   it('denies push outside user namespace', async (t) => {
     if (skipWithoutClients(t)) return;
-    const configDir = newDockerConfig('user');
-    await login(configDir, USER, USER_PASSWORD);
+    const user = newDockerCli('user');
+    await user.loginOrFail(server.host, USER, USER_PASSWORD);
     const loaded = remote('admin/docker-policy:v1');
     await loadImage('policy', loaded);
 
-    const stderr = await dockerFailure(configDir, 'push', loaded);
+    const stderr = await user.failure('push', loaded);
     assert.match(stderr, /denied/);
-    assert.equal((await fetchManifest('admin/docker-policy', 'v1')).status, 404);
+    assert.equal((await getManifest('admin/docker-policy', 'v1')).status, 404);
 
     // The same account may push the same image under its own name.
     const own = remote(`${USER}/docker-policy:v1`);
-    await docker(configDir, 'tag', loaded, own);
-    const digest = pushedDigest(await docker(configDir, 'push', own));
-    const stored = await fetchManifest(`${USER}/docker-policy`, 'v1');
+    await user.run('tag', loaded, own);
+    const digest = await user.push(own);
+    const stored = await getManifest(`${USER}/docker-policy`, 'v1');
     assert.equal(stored.status, 200);
     assert.equal(stored.digest, digest);
   });
 
   it('fails pull of missing tag', async (t) => {
     if (skipWithoutClients(t)) return;
-    const stderr = await dockerFailure(adminConfig, 'pull', remote('admin/docker-push:missing'));
+    const stderr = await admin.failure('pull', remote('admin/docker-push:missing'));
     assert.match(stderr, /manifest unknown|not found/);
   });
 });

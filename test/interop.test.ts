@@ -27,8 +27,9 @@ import {
   type ImageIndex,
   type ImageManifest,
 } from './helpers/images.js';
+import { loginSandbox } from './helpers/interop.js';
 import { DOCKER_CONFIG, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, sha256 } from './helpers/oci.js';
-import { ADMIN_PASSWORD, ADMIN_USER, startServer, type TestServer } from './helpers/server.js';
+import { startServer, type TestServer } from './helpers/server.js';
 
 const MiB = 1024 * 1024;
 const DOCKER_LAYER = 'application/vnd.docker.image.rootfs.diff.tar.gzip';
@@ -44,19 +45,7 @@ before(async () => {
   server = await startServer();
   // Every client in the sandbox reads the credentials this login stores in
   // its REGISTRY_AUTH_FILE.
-  await run(
-    'skopeo',
-    [
-      'login',
-      '--tls-verify=false',
-      '--username',
-      ADMIN_USER,
-      '--password',
-      ADMIN_PASSWORD,
-      server.host,
-    ],
-    { env: sandbox.env },
-  );
+  await loginSandbox(sandbox, server);
 });
 
 after(async () => {

@@ -215,3 +215,13 @@ function logTail(logFile: string): string {
     return '(no log)';
   }
 }
+
+/**
+ * Returns why tests that need `names` must be skipped: the names not found on
+ * PATH and how to install them. Returns undefined when all are there.
+ */
+export function missingExecutables(names: string[]): string | undefined {
+  const missing = names.filter((name) => !findExecutable(name));
+  if (missing.length === 0) return undefined;
+  return `not found on PATH: ${missing.join(', ')}; install with scripts/install-test-deps.sh`;
+}

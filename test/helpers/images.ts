@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -79,6 +79,50 @@ export async function run(
       { cause: error },
     );
   }
+}
+
+/** Exit status and output of a program that `runCommand` ran. */
+export interface CommandResult {
+  /** Exit status, or null when a signal ended the program. */
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs a program without a shell, writes `input` to its standard input and
+ * resolves with its exit status and output. Unlike `run`, it resolves on a
+ * non-zero status, so a test can check how a client fails. It kills the
+ * program with SIGKILL after `timeoutMs` (default 120 s).
+ */
+export function runCommand(
+  file: string,
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; input?: string | Buffer; timeoutMs?: number } = {},
+): Promise<CommandResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, {
+      env: options.env,
+      stdio: ['pipe', 'pipe', 'pipe'],
+      timeout: options.timeoutMs ?? 120_000,
+      killSignal: 'SIGKILL',
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.once('error', (error: Error & { code?: string }) => {
+      if (error.code === 'ENOENT') {
+        reject(
+          new Error(`${file} not found on PATH; install it with scripts/install-test-deps.sh`),
+        );
+      } else {
+        reject(error);
+      }
+    });
+    child.once('close', (status) => resolve({ status, stdout, stderr }));
+    child.stdin.end(options.input ?? '');
+  });
 }
 
 /**

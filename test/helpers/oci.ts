@@ -95,3 +95,48 @@ export async function pushImage(
   }
   return { digest: sha256(body), body, layerDigest, configDigest };
 }
+
+/** Accept header that lists every manifest media type mcr stores, except Docker schema 1. */
+export const ALL_MANIFEST_TYPES = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(
+  ', ',
+);
+
+/** A manifest as the registry served it. */
+export interface ServedManifest {
+  status: number;
+  /** The Docker-Content-Digest header. */
+  digest: string | null;
+  /** The Content-Type header. */
+  mediaType: string | null;
+  body: Buffer;
+}
+
+/** Fetches a manifest by tag or digest, accepting every manifest media type. */
+export async function fetchManifest(
+  client: RegistryClient,
+  name: string,
+  reference: string,
+): Promise<ServedManifest> {
+  const response = await client.fetch(`/v2/${name}/manifests/${reference}`, {
+    headers: { Accept: ALL_MANIFEST_TYPES },
+  });
+  return {
+    status: response.status,
+    digest: response.headers.get('docker-content-digest'),
+    mediaType: response.headers.get('content-type'),
+    body: Buffer.from(await response.arrayBuffer()),
+  };
+}
+
+/** Fetches a blob. Throws unless the registry returns 200. */
+export async function fetchBlob(
+  client: RegistryClient,
+  name: string,
+  digest: string,
+): Promise<Buffer> {
+  const response = await client.fetch(`/v2/${name}/blobs/${digest}`);
+  if (response.status !== 200) {
+    throw new Error(`GET blob ${digest} from ${name} returned ${response.status}`);
+  }
+  return Buffer.from(await response.arrayBuffer());
+}

@@ -139,3 +139,20 @@ export async function startServer(options: StartOptions = {}): Promise<TestServe
     },
   };
 }
+
+/** Creates a human account through the admin API. Throws unless the server returns 201. */
+export async function createAccount(
+  server: TestServer,
+  username: string,
+  password: string,
+  role: 'admin' | 'user' | 'guest' = 'user',
+): Promise<void> {
+  const response = await server.fetch('/v1/accounts', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ username, password, role, kind: 'human' }),
+  });
+  if (response.status !== 201) {
+    throw new Error(`create account ${username}: ${response.status} ${await response.text()}`);
+  }
+}
