@@ -77,7 +77,13 @@ export async function startRegistry(
   await auth.accounts.ensureAdmin(env.MCR_ADMIN_PASSWORD, config.dataDir);
 
   const metrics = new Metrics(metadata.db);
-  const registry = new Registry({ db: metadata.db, dialect: metadata.dialect, store, log });
+  const registry = new Registry({
+    db: metadata.db,
+    dialect: metadata.dialect,
+    store,
+    log,
+    changeCounter: metadata.changeCounter,
+  });
   const https = config.server.tls_cert
     ? { cert: readFileSync(config.server.tls_cert), key: readFileSync(config.server.tls_key) }
     : undefined;

@@ -18,6 +18,12 @@ import type { Database } from './schema.js';
 export interface MetadataDb {
   db: Kysely<Database>;
   dialect: Dialect;
+  /**
+   * Returns a number that changes whenever any connection commits a write,
+   * for caches of what the database holds; undefined where the dialect
+   * offers no cheap way to tell (PostgreSQL), so nothing may be cached.
+   */
+  changeCounter?: () => number;
   /** The SQLite file, when the dialect is SQLite. */
   sqlitePath?: string;
   close(): Promise<void>;
@@ -54,13 +60,18 @@ function openSqlite(dataDir: string): MetadataDb {
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
 
+  const connection = withStatementCache(sqlite);
   const db = new Kysely<Database>({
-    dialect: new ImmediateSqliteDialect({ database: withStatementCache(sqlite) }),
+    dialect: new ImmediateSqliteDialect({ database: connection }),
   });
+  // data_version changes when another connection (another process) commits;
+  // this connection's own writes are counted by the statement wrapper.
+  const dataVersion = sqlite.prepare('pragma data_version').pluck();
   return {
     db,
     dialect: 'sqlite',
     sqlitePath: file,
+    changeCounter: () => connection.writes + (dataVersion.get() as number),
     close: () => db.destroy(),
   };
 }
@@ -83,25 +94,33 @@ const STATEMENT_CACHE_MAX = 500;
  * statement. Kysely prepares every query anew, and on hot paths such as a
  * manifest GET the parsing took more time than running the query.
  */
-function withStatementCache(sqlite: SqliteDatabase.Database): SqliteDialectDatabase {
+function withStatementCache(
+  sqlite: SqliteDatabase.Database,
+): SqliteDialectDatabase & { readonly writes: number } {
   const statements = new Map<string, SqliteDatabase.Statement>();
-  return {
+  const connection = {
+    /** Statements run that may have written, counted for `changeCounter`. */
+    writes: 0,
     close: () => {
       statements.clear();
       sqlite.close();
     },
     prepare: (sql: string) => {
-      const cached = statements.get(sql);
+      let statement = statements.get(sql);
       // A statement still iterating rows cannot run again until it is done.
-      if (cached && !cached.busy) return cached;
-      const statement = sqlite.prepare(sql);
-      if (!cached) {
-        if (statements.size >= STATEMENT_CACHE_MAX) statements.clear();
-        statements.set(sql, statement);
+      if (!statement || statement.busy) {
+        const fresh = sqlite.prepare(sql);
+        if (!statement) {
+          if (statements.size >= STATEMENT_CACHE_MAX) statements.clear();
+          statements.set(sql, fresh);
+        }
+        statement = fresh;
       }
+      if (!statement.reader) connection.writes += 1;
       return statement;
     },
   };
+  return connection;
 }
 
 /**

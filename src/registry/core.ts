@@ -11,6 +11,8 @@ export interface CoreContext {
   dialect: Dialect;
   store: BlobStore;
   log: Logger;
+  /** The metadata database's change counter, when it has one; see MetadataDb. */
+  changeCounter?: () => number;
 }
 
 /** Largest page any listing returns, whatever `n` the client asks for. */

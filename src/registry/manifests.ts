@@ -47,12 +47,31 @@ export function parseReference(reference: string): Reference {
   return { kind: 'tag', tag: reference };
 }
 
+/** Bounds of the manifest lookup cache, and the largest manifest it keeps. */
+const MANIFEST_CACHE_ENTRIES = 1000;
+const MANIFEST_CACHE_BYTES = 8 * 1024 * 1024;
+const CACHED_MANIFEST_MAX_BYTES = 256 * 1024;
+
 /** Stores, serves and deletes manifests, and moves tags with them. */
 export class Manifests {
+  /**
+   * Manifests looked up by tag or digest, each valid while the database's
+   * change counter keeps the value it had before the lookup. Any committed
+   * write, here or in another process, changes the counter, so a moved or
+   * deleted tag is never served from here.
+   */
+  private readonly cache = new Map<string, { version: number; manifest: StoredManifest }>();
+  private cacheBytes = 0;
+
   constructor(private readonly ctx: CoreContext) {}
 
   /** Looks a manifest up by tag or digest; throws MANIFEST_UNKNOWN when absent. */
   async get(repository: string, reference: Reference): Promise<StoredManifest> {
+    const key = `${repository}\0${reference.kind === 'tag' ? reference.tag : reference.digest}`;
+    const version = this.ctx.changeCounter?.();
+    const cached = this.cache.get(key);
+    if (cached && cached.version === version) return cached.manifest;
+
     let query = this.ctx.db
       .selectFrom('manifests')
       .innerJoin('repositories', 'repositories.id', 'manifests.repository_id')
@@ -68,12 +87,33 @@ export class Manifests {
 
     const row = await query.executeTakeFirst();
     if (!row) throw manifestUnknown(repository, reference);
-    return {
+    const manifest = {
       digest: row.digest,
       mediaType: row.media_type,
       content: Buffer.from(row.content),
       size: row.size,
     };
+    if (version !== undefined && manifest.size <= CACHED_MANIFEST_MAX_BYTES) {
+      this.remember(key, { version, manifest });
+    }
+    return manifest;
+  }
+
+  /** Keeps a looked-up manifest, dropping the oldest entries beyond the cache's bounds. */
+  private remember(key: string, entry: { version: number; manifest: StoredManifest }): void {
+    const previous = this.cache.get(key);
+    if (previous) {
+      this.cacheBytes -= previous.manifest.size;
+      this.cache.delete(key);
+    }
+    this.cache.set(key, entry);
+    this.cacheBytes += entry.manifest.size;
+    for (const [oldKey, old] of this.cache) {
+      if (this.cache.size <= MANIFEST_CACHE_ENTRIES && this.cacheBytes <= MANIFEST_CACHE_BYTES)
+        break;
+      this.cache.delete(oldKey);
+      this.cacheBytes -= old.manifest.size;
+    }
   }
 
   /**
@@ -120,8 +160,9 @@ export class Manifests {
       const references = await this.resolveReferences(trx, repositoryId, repository, manifest);
       const manifestId = await this.upsertManifest(trx, repositoryId, digest, content, manifest);
 
-      await trx.deleteFrom('manifest_references').where('manifest_id', '=', manifestId).execute();
-      // In batches, because SQLite limits the variables of one statement.
+      // The references follow from the content, so a push of a manifest that
+      // is already stored finds its rows there. In batches, because SQLite
+      // limits the variables of one statement.
       for (const batch of chunks(references, 500)) {
         await trx
           .insertInto('manifest_references')
