@@ -8,6 +8,7 @@ import Database from 'better-sqlite3';
 
 import { openMetadataDb } from '../src/metadata/db.js';
 import { MIGRATIONS } from '../src/metadata/migrations.js';
+import { PreparedQuery } from '../src/metadata/prepared.js';
 
 describe('metadata database', () => {
   it('creates the SQLite file 0600 with WAL and foreign keys', async () => {
@@ -67,5 +68,52 @@ describe('metadata database', () => {
       /FOREIGN KEY/,
     );
     await handle.close();
+  });
+});
+
+describe('prepared queries', () => {
+  it("binds each call's arguments to SQL compiled once", async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
+    const handle = await openMetadataDb({ driver: 'sqlite', dataDir });
+    try {
+      const insert = new PreparedQuery((db, name: string, createdAt: number) =>
+        db.insertInto('repositories').values({ name, created_at: createdAt }).returning('id'),
+      );
+      const select = new PreparedQuery((db, name: string) =>
+        db.selectFrom('repositories').select(['id', 'created_at']).where('name', '=', name),
+      );
+      const first = await insert.first(handle.db, 'team/one', 111);
+      const second = await insert.first(handle.db, 'team/two', 222);
+      assert.ok(first && second && first.id !== second.id);
+      assert.deepEqual(await select.first(handle.db, 'team/two'), {
+        id: second.id,
+        created_at: 222,
+      });
+      assert.deepEqual(await select.first(handle.db, 'team/one'), {
+        id: first.id,
+        created_at: 111,
+      });
+      assert.equal(await select.first(handle.db, 'team/none'), undefined);
+      // Inside a transaction too, with the SQL compiled outside it.
+      await handle.db.transaction().execute(async (trx) => {
+        assert.deepEqual(await select.first(trx, 'team/one'), { id: first.id, created_at: 111 });
+      });
+    } finally {
+      await handle.close();
+    }
+  });
+
+  it('rejects a query that does not bind every argument', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
+    const handle = await openMetadataDb({ driver: 'sqlite', dataDir });
+    try {
+      // The second argument is never used, so a call could not set it.
+      const unbound = new PreparedQuery((db, name: string, _unused: number) =>
+        db.selectFrom('repositories').select('id').where('name', '=', name),
+      );
+      await assert.rejects(unbound.first(handle.db, 'team/one', 1), /binds 1 of its 2 arguments/);
+    } finally {
+      await handle.close();
+    }
   });
 });

@@ -5,6 +5,7 @@ import { sql, type Kysely, type Selectable, type Transaction } from 'kysely';
 import type { Logger } from 'pino';
 
 import type { Dialect } from '../metadata/migrations.js';
+import { PreparedQuery } from '../metadata/prepared.js';
 import type { AuditEventsTable, Database } from '../metadata/schema.js';
 
 /** The outcome of an audited action. */
@@ -54,6 +55,42 @@ export interface AuditVerification {
   checked: number;
   broken: { id: number; reason: string } | null;
 }
+
+const selectLastEvent = new PreparedQuery((db) =>
+  db.selectFrom('audit_events').select(['id', 'hash']).orderBy('id', 'desc').limit(1),
+);
+
+const insertEvent = new PreparedQuery(
+  (
+    db,
+    id: number,
+    time: number,
+    type: string,
+    actor: string | null,
+    clientAddress: string | null,
+    repository: string | null,
+    reference: string | null,
+    digest: string | null,
+    outcome: AuditOutcome,
+    details: string,
+    previousHash: string,
+    hash: string,
+  ) =>
+    db.insertInto('audit_events').values({
+      id,
+      time,
+      type,
+      actor,
+      client_address: clientAddress,
+      repository,
+      reference,
+      digest,
+      outcome,
+      details,
+      previous_hash: previousHash,
+      hash,
+    }),
+);
 
 /** The newest event of the chain. */
 export interface AuditHead {
@@ -105,12 +142,7 @@ export class AuditLog {
       // Serialises appends across processes so the chain stays linear.
       await sql`select pg_advisory_xact_lock(7283002)`.execute(trx);
     }
-    const last = await trx
-      .selectFrom('audit_events')
-      .select(['id', 'hash'])
-      .orderBy('id', 'desc')
-      .limit(1)
-      .executeTakeFirst();
+    const last = await selectLastEvent.first(trx);
     // Ids are chosen here, not by the database, so that the hash that covers
     // each one goes in with its row. They follow the head file's event, so
     // that a table emptied by retention does not reuse an id the file names.
@@ -133,10 +165,21 @@ export class AuditLog {
         previous_hash: head.hash,
       };
       const hash = chainHash(head.hash, row);
-      await trx
-        .insertInto('audit_events')
-        .values({ ...row, hash })
-        .execute();
+      await insertEvent.execute(
+        trx,
+        row.id,
+        row.time,
+        row.type,
+        row.actor,
+        row.client_address,
+        row.repository,
+        row.reference,
+        row.digest,
+        row.outcome,
+        row.details,
+        row.previous_hash,
+        hash,
+      );
       head = { id: row.id, hash };
     }
     return head;

@@ -1,5 +1,6 @@
 import type { Transaction } from 'kysely';
 
+import { PreparedQuery } from '../metadata/prepared.js';
 import type { Database } from '../metadata/schema.js';
 import type { CoreContext } from './core.js';
 import { digestOf, parseDigest } from './digest.js';
@@ -46,6 +47,67 @@ export function parseReference(reference: string): Reference {
   }
   return { kind: 'tag', tag: reference };
 }
+
+const upsertManifestRow = new PreparedQuery(
+  (
+    db,
+    repositoryId: number,
+    digest: string,
+    mediaType: string,
+    artifactType: string | null,
+    subjectDigest: string | null,
+    annotations: string | null,
+    content: Buffer,
+    size: number,
+    createdAt: number,
+  ) =>
+    db
+      .insertInto('manifests')
+      .values({
+        repository_id: repositoryId,
+        digest,
+        media_type: mediaType,
+        artifact_type: artifactType,
+        subject_digest: subjectDigest,
+        annotations,
+        content,
+        size,
+        created_at: createdAt,
+      })
+      .onConflict((oc) =>
+        oc
+          .columns(['repository_id', 'digest'])
+          .doUpdateSet((eb) => ({ media_type: eb.ref('excluded.media_type') })),
+      )
+      .returning('id'),
+);
+
+const selectTagDigest = new PreparedQuery((db, repositoryId: number, tag: string) =>
+  db
+    .selectFrom('tags')
+    .innerJoin('manifests', 'manifests.id', 'tags.manifest_id')
+    .select('manifests.digest')
+    .where('tags.repository_id', '=', repositoryId)
+    .where('tags.name', '=', tag),
+);
+
+const upsertTag = new PreparedQuery(
+  (db, repositoryId: number, tag: string, manifestId: number, updatedAt: number) =>
+    db
+      .insertInto('tags')
+      .values({
+        repository_id: repositoryId,
+        name: tag,
+        manifest_id: manifestId,
+        updated_at: updatedAt,
+      })
+      .onConflict((oc) =>
+        oc.columns(['repository_id', 'name']).doUpdateSet((eb) => ({
+          manifest_id: eb.ref('excluded.manifest_id'),
+          updated_at: eb.ref('excluded.updated_at'),
+        })),
+      ),
+);
 
 /** Bounds of the manifest lookup cache, and the largest manifest it keeps. */
 const MANIFEST_CACHE_ENTRIES = 1000;
@@ -316,24 +378,19 @@ export class Manifests {
     content: Buffer,
     manifest: ParsedManifest,
   ): Promise<number> {
-    const row = await trx
-      .insertInto('manifests')
-      .values({
-        repository_id: repositoryId,
-        digest,
-        media_type: manifest.mediaType,
-        artifact_type: manifest.artifactType ?? null,
-        subject_digest: manifest.subject?.digest ?? null,
-        annotations: manifest.annotations ? JSON.stringify(manifest.annotations) : null,
-        content,
-        size: content.length,
-        created_at: Date.now(),
-      })
-      .onConflict((oc) =>
-        oc.columns(['repository_id', 'digest']).doUpdateSet({ media_type: manifest.mediaType }),
-      )
-      .returning('id')
-      .executeTakeFirstOrThrow();
+    const row = await upsertManifestRow.first(
+      trx,
+      repositoryId,
+      digest,
+      manifest.mediaType,
+      manifest.artifactType ?? null,
+      manifest.subject?.digest ?? null,
+      manifest.annotations ? JSON.stringify(manifest.annotations) : null,
+      content,
+      content.length,
+      Date.now(),
+    );
+    if (!row) throw new Error(`storing manifest ${digest} returned no row`);
     return row.id;
   }
 
@@ -344,29 +401,8 @@ export class Manifests {
     tag: string,
     manifestId: number,
   ): Promise<string | undefined> {
-    const previous = await trx
-      .selectFrom('tags')
-      .innerJoin('manifests', 'manifests.id', 'tags.manifest_id')
-      .select('manifests.digest')
-      .where('tags.repository_id', '=', repositoryId)
-      .where('tags.name', '=', tag)
-      .executeTakeFirst();
-
-    await trx
-      .insertInto('tags')
-      .values({
-        repository_id: repositoryId,
-        name: tag,
-        manifest_id: manifestId,
-        updated_at: Date.now(),
-      })
-      .onConflict((oc) =>
-        oc.columns(['repository_id', 'name']).doUpdateSet((eb) => ({
-          manifest_id: eb.ref('excluded.manifest_id'),
-          updated_at: eb.ref('excluded.updated_at'),
-        })),
-      )
-      .execute();
+    const previous = await selectTagDigest.first(trx, repositoryId, tag);
+    await upsertTag.execute(trx, repositoryId, tag, manifestId, Date.now());
     return previous?.digest;
   }
 }

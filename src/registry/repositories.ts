@@ -1,17 +1,17 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 
+import { PreparedQuery } from '../metadata/prepared.js';
 import type { Database } from '../metadata/schema.js';
 
 type Executor = Kysely<Database> | Transaction<Database>;
 
+const selectRepositoryId = new PreparedQuery((db, name: string) =>
+  db.selectFrom('repositories').select('id').where('name', '=', name),
+);
+
 /** Returns a repository's id, or undefined when it does not exist. */
 export async function findRepositoryId(db: Executor, name: string): Promise<number | undefined> {
-  const row = await db
-    .selectFrom('repositories')
-    .select('id')
-    .where('name', '=', name)
-    .executeTakeFirst();
-  return row?.id;
+  return (await selectRepositoryId.first(db, name))?.id;
 }
 
 /** Creates a repository unless it exists; returns its id either way. */
