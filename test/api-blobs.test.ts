@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -26,6 +27,14 @@ async function startUpload(name: string): Promise<string> {
   const location = response.headers.get('location');
   assert.ok(location);
   return location;
+}
+
+/** Polls `check` every 20 ms until it holds; fails after 5 s. */
+async function waitFor(check: () => boolean): Promise<void> {
+  for (let waited = 0; !check(); waited += 20) {
+    if (waited > 5000) assert.fail('condition still false after 5 s');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }
 
 function uploadFiles(): string[] {
@@ -373,6 +382,42 @@ describe('blob reads', () => {
         `bytes for ${range ?? 'no range'}`,
       );
     }
+  });
+
+  it('survives clients that leave in the middle of downloads', async () => {
+    const large = randomBytes(8 * 1024 * 1024);
+    const largeDigest = await pushBlob(server, 'reads', large);
+    const url = new URL(`/v2/reads/blobs/${largeDigest}`, server.url);
+    const leaveAfterFirstChunk = () =>
+      new Promise<number>((resolve, reject) => {
+        const request = http.get(
+          url,
+          { headers: { Authorization: `Basic ${Buffer.from(server.creds).toString('base64')}` } },
+          (response) => {
+            response.once('data', (chunk: Buffer) => {
+              request.destroy();
+              resolve(chunk.length);
+            });
+          },
+        );
+        request.on('error', (error) => {
+          if (!request.destroyed) reject(error);
+        });
+      });
+    for (let round = 0; round < 5; round++) {
+      const received = await Promise.all(Array.from({ length: 20 }, leaveAfterFirstChunk));
+      assert.ok(received.every((bytes) => bytes > 0 && bytes < large.length));
+    }
+
+    // The server is still up and serves the whole blob to the next client.
+    const whole = await server.fetch(`/v2/reads/blobs/${largeDigest}`);
+    assert.equal(whole.status, 200);
+    assert.equal(sha256(Buffer.from(await whole.arrayBuffer())), largeDigest);
+    await waitFor(() =>
+      server.logs.some(
+        (entry) => entry.msg === 'client closed the connection during a blob download',
+      ),
+    );
   });
 
   it('answers 416 for a range past the end', async () => {

@@ -51,14 +51,25 @@ export async function sendBlob(
       // write is the one awaited here.
       await writing;
       writing = writeChunk(response, buffer.subarray(0, bytesRead));
+      // A client that leaves rejects this write while the next read runs,
+      // before anything awaits it; the loop sees the rejection at its next
+      // await, and until then it must not count as unhandled.
+      writing.catch(() => undefined);
       position += bytesRead;
     }
     await writing;
     response.end();
   } catch (error) {
-    if (!response.destroyed) {
+    const details = {
+      path: request.url.split('?')[0],
+      sent: position - start,
+      size: end - start + 1,
+    };
+    if (response.destroyed) {
+      request.log.info(details, 'client closed the connection during a blob download');
+    } else {
       request.log.error(
-        { err: error, path: request.url.split('?')[0], sent: position - start },
+        { ...details, err: error },
         'blob download failed after its headers were sent; closing the connection',
       );
     }
