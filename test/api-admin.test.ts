@@ -82,6 +82,22 @@ describe('sessions', () => {
     assert.equal((await json('POST', '/v1/auth/login', { username: 'admin' }, null)).status, 400);
     assert.equal((await json('POST', '/v1/auth/login', '{not json', null)).status, 400);
   });
+
+  it('reject a body that is not sent as JSON', async () => {
+    for (const type of ['text/plain', 'application/x-www-form-urlencoded']) {
+      const response = await server.fetch('/v1/gc', {
+        method: 'POST',
+        headers: { 'content-type': type },
+        body: '{"dry_run":true}',
+      });
+      assert.equal(response.status, 415, type);
+      assert.deepEqual(await response.json(), { error: 'send the body as application/json' });
+    }
+    // Neither request started a garbage collection run.
+    const runs = await json('GET', '/v1/gc');
+    assert.equal(runs.status, 200);
+    assert.deepEqual(runs.body.runs, []);
+  });
 });
 
 describe('health', () => {

@@ -63,7 +63,16 @@ export function buildServer(options: ServerOptions): FastifyInstance {
   }) as unknown as FastifyInstance;
 
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', (_request, _payload, done) => done(null));
+  app.addContentTypeParser('*', (request, _payload, done) => {
+    // The admin API parses only JSON. Passing another type on as no body
+    // would drop what the caller sent: {"dry_run": true} as text/plain
+    // would start a real GC run.
+    if (request.url.startsWith('/v1/')) {
+      done(new ApiError(415, 'send the body as application/json'), undefined);
+      return;
+    }
+    done(null);
+  });
 
   app.addHook('onRequest', async (_request, reply) => {
     reply.header('Docker-Distribution-API-Version', 'registry/2.0');
