@@ -570,6 +570,46 @@ describe('disabled accounts', () => {
   });
 });
 
+describe('bearer tokens after an account change', () => {
+  it('stop working once the role or the password changes', async () => {
+    await createAccount('gina', 'gina-password', 'user');
+    const before = await tokenFor('gina', 'gina-password', 'repository:gina/app:pull,push');
+    assert.equal((await bearer(before.token, '/v2/')).status, 200);
+    // Token issue times have whole seconds; a change in the same second is not seen.
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+
+    const demoted = await server.fetch('/v1/accounts/gina', {
+      method: 'PATCH',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ role: 'guest' }),
+    });
+    assert.equal(demoted.status, 200);
+    const stale = await bearer(before.token, '/v2/');
+    assert.equal(stale.status, 401);
+    assert.match(stale.headers.get('www-authenticate') ?? '', /error="invalid_token"/);
+
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    const restored = await server.fetch('/v1/accounts/gina', {
+      method: 'PATCH',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ role: 'user' }),
+    });
+    assert.equal(restored.status, 200);
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    const after = await tokenFor('gina', 'gina-password', 'repository:gina/app:pull');
+    assert.equal((await bearer(after.token, '/v2/')).status, 200);
+
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    const changed = await server.fetch('/v1/accounts/gina', {
+      method: 'PATCH',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ password: 'gina-new-password' }),
+    });
+    assert.equal(changed.status, 200);
+    assert.equal((await bearer(after.token, '/v2/')).status, 401);
+  });
+});
+
 describe('login throttling', () => {
   it('answers 429 after repeated failures and keeps secrets out of the log', async () => {
     await createAccount('erin', 'erin-password', 'user');

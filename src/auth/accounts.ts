@@ -220,8 +220,18 @@ export class Accounts {
         created_at: now,
         updated_at: now,
       })
+      // updated_at moves only when the role does, because bearer tokens
+      // issued before an account's last change stop working.
       .onConflict((oc) =>
-        oc.column('username').doUpdateSet({ role: identity.role, updated_at: now }),
+        oc.column('username').doUpdateSet((eb) => ({
+          role: identity.role,
+          updated_at: eb
+            .case()
+            .when('accounts.role', '=', identity.role)
+            .then(eb.ref('accounts.updated_at'))
+            .else(now)
+            .end(),
+        })),
       )
       .returningAll()
       .executeTakeFirstOrThrow();

@@ -119,11 +119,14 @@ export async function authenticate(request: FastifyRequest, deps: AuthDeps): Pro
     }
     if (token.subject === undefined) return { address, grants: token.access };
     const account = await deps.authenticator.tokenAccount(token.subject);
-    if (!account) {
+    // A change to the account (role, password, disabling, or deletion and a
+    // new account of the same name) ends the tokens issued before it. The
+    // issue time has whole seconds, so a change in the same second is missed.
+    if (!account || account.updatedAt >= token.issuedAt + 1000) {
       throw unauthorized(
         request,
         deps,
-        'the token belongs to an account that is disabled or deleted',
+        'the token belongs to an account that was changed, disabled or deleted since it was issued; request a new one',
         undefined,
         'invalid_token',
       );
