@@ -540,6 +540,15 @@ describe('refresh tokens and restricted access tokens', () => {
       assert.equal(response.status, 401, header);
     }
   });
+
+  it('name malformed Basic credentials on /v2/', async () => {
+    for (const header of ['Basic !!!***', `Basic ${Buffer.from('nocolon').toString('base64')}`]) {
+      const response = await fetch(`${server.url}/v2/`, { headers: { authorization: header } });
+      assert.equal(response.status, 401, header);
+      const body = (await response.json()) as { errors: Array<{ message: string }> };
+      assert.match(body.errors[0]?.message ?? '', /malformed Basic credentials/, header);
+    }
+  });
 });
 
 async function tokenForStatus(username: string, password: string): Promise<number> {

@@ -277,6 +277,46 @@ async function sendTruncated(head: string, partialBody: Buffer): Promise<void> {
   socket.destroy();
 }
 
+/** Sends raw bytes on a new connection and returns everything the server sent back. */
+async function sendRaw(bytes: string): Promise<string> {
+  const socket = net.connect(server.port, '127.0.0.1');
+  const chunks: Buffer[] = [];
+  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+  await new Promise<void>((resolve) => {
+    socket.once('close', () => resolve());
+    socket.once('error', () => resolve());
+    socket.write(bytes);
+  });
+  return Buffer.concat(chunks).toString();
+}
+
+describe('requests the HTTP parser rejects', () => {
+  const cases: Array<[string, string, number, RegExp]> = [
+    [
+      'headers over 16 KiB',
+      `GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Padding: ${'a'.repeat(20_000)}\r\n\r\n`,
+      431,
+      /larger than the server accepts/,
+    ],
+    [
+      'a malformed Content-Length',
+      'POST /v2/a/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n',
+      400,
+      /malformed HTTP request/,
+    ],
+  ];
+  for (const [name, request, status, message] of cases) {
+    it(`answer ${name} in the OCI error format`, async () => {
+      const response = await sendRaw(request);
+      const [head, body] = response.split('\r\n\r\n');
+      assert.match(head ?? '', new RegExp(`^HTTP/1.1 ${status} `));
+      const parsed = JSON.parse(body ?? '') as { errors: Array<{ code: string; message: string }> };
+      assert.equal(parsed.errors[0]?.code, 'UNSUPPORTED');
+      assert.match(parsed.errors[0]?.message ?? '', message);
+    });
+  }
+});
+
 describe('repository names', () => {
   it('rejects upper case', async () => {
     const before = snapshot();

@@ -106,6 +106,10 @@ export async function authenticate(request: FastifyRequest, deps: AuthDeps): Pro
     }
   }
 
+  if (/^basic /i.test(header)) {
+    throw unauthorized(request, deps, 'malformed Basic credentials; send base64 of USER:PASSWORD');
+  }
+
   if (/^bearer /i.test(header)) {
     const token = await deps.issuer.verify(header.slice(7).trim(), deps.service);
     if (!token) {

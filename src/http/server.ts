@@ -1,3 +1,6 @@
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
+
 import Fastify, { LogController, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 
@@ -12,6 +15,32 @@ import { registerTokenEndpoint } from './token.js';
 import { ApiError, apiCaller, requireAdmin } from './v1/context.js';
 import { registerV1, type V1Deps } from './v1/index.js';
 import { registerV2 } from './v2/index.js';
+
+/**
+ * Answers a request that Node's HTTP parser rejected (malformed, or headers
+ * over its limit) with an OCI error body, then closes the connection.
+ */
+function sendClientError(error: Error & { code?: string }, socket: Duplex): void {
+  // A reset connection has nobody left to answer.
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  let status = 400;
+  let message = `malformed HTTP request (${error.code ?? error.message})`;
+  if (error.code === 'HPE_HEADER_OVERFLOW') {
+    status = 431;
+    message = 'request headers are larger than the server accepts (16 KiB)';
+  } else if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    status = 408;
+    message = 'the request did not arrive in time';
+  }
+  const body = errorBody('UNSUPPORTED', message);
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(error);
+}
 
 /** Milliseconds a connection may send and receive nothing before it is closed. */
 export const IDLE_TIMEOUT_MS = 60_000;
@@ -57,6 +86,9 @@ export function buildServer(options: ServerOptions): FastifyInstance {
         : errorBody('NAME_INVALID', message);
       (reply as FastifyReply).code(400).type('application/json').send(body);
     },
+    // Requests Node's HTTP parser rejects never reach the router; they get
+    // an error in the registry's format too.
+    clientErrorHandler: sendClientError,
     // Unknown fields are an error, not silently dropped.
     ajv: { customOptions: { removeAdditional: false } },
     ...(options.https ? { https: { ...options.https, minVersion: 'TLSv1.3' as const } } : {}),
