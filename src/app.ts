@@ -254,7 +254,15 @@ async function createAuthServices(
     log,
     config.audit.record_pulls,
   );
-  const authenticator = new Authenticator(accounts, tokens, provider, throttle, log, audit);
+  const authenticator = new Authenticator(
+    accounts,
+    tokens,
+    provider,
+    throttle,
+    log,
+    audit,
+    metadata.externalChangeCounter,
+  );
   const issuer = new TokenIssuer(path.join(config.dataDir, 'keys'), serviceName(config));
   const sessions = new Sessions(metadata.db, accounts);
   return { accounts, tokens, policies, authenticator, issuer, sessions, audit };

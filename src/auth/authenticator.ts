@@ -38,18 +38,31 @@ export { ThrottledError } from './throttle.js';
  * How long a verified password or token is remembered with its account, so
  * that a client sending Basic credentials on every request pays neither for
  * argon2 nor for a database read each time. Changing or disabling an account
- * or revoking a token through this process drops the entry at once; other
- * processes notice within this time.
+ * or revoking a token through this process drops the entry at once. On
+ * SQLite, a commit by another process makes the next use check the entry
+ * against the database; on PostgreSQL, other processes notice within this time.
  */
 const CREDENTIAL_CACHE_MS = 30_000;
 const CREDENTIAL_CACHE_MAX = 10_000;
 
 /** Checks usernames with passwords or access tokens, with throttling and a short cache. */
 export class Authenticator {
-  private readonly cache = new Map<string, { principal: Principal; expiresAt: number }>();
+  /**
+   * Verified logins by a hash of their credentials. `checked` is the value of
+   * the database's counter of other processes' commits when the login was
+   * last checked; when it has moved, the login is checked again against the
+   * database (without argon2) before it is used.
+   */
+  private readonly cache = new Map<
+    string,
+    { principal: Principal; expiresAt: number; checked: number | undefined }
+  >();
 
-  /** Accounts named by bearer tokens, by username. */
-  private readonly tokenAccounts = new Map<string, { account: Account; expiresAt: number }>();
+  /** Accounts named by bearer tokens, by username, checked like `cache`. */
+  private readonly tokenAccounts = new Map<
+    string,
+    { account: Account; expiresAt: number; checked: number | undefined }
+  >();
   private readonly inFlight = new Map<string, Promise<Principal>>();
   private readonly queues = new Map<string, Promise<unknown>>();
 
@@ -60,6 +73,8 @@ export class Authenticator {
     private readonly throttle: LoginThrottle,
     private readonly log: Logger,
     private readonly audit?: AuditLog,
+    /** Counts commits of other processes to the database, where the database can tell. */
+    private readonly externalChanges?: () => number,
   ) {
     accounts.onChange = (accountId) => this.forgetAccount(accountId);
   }
@@ -71,7 +86,7 @@ export class Authenticator {
    */
   async login(username: string, secret: string, address: string): Promise<Principal> {
     const cacheKey = createHash('sha256').update(`${username}\0${secret}`).digest('hex');
-    const cached = this.remembered(cacheKey);
+    const cached = await this.remembered(cacheKey, secret);
     if (cached) return cached;
 
     // Identical credentials arriving together share one verification, and
@@ -96,7 +111,7 @@ export class Authenticator {
     address: string,
     cacheKey: string,
   ): Promise<Principal> {
-    const cached = this.remembered(cacheKey);
+    const cached = await this.remembered(cacheKey, secret);
     if (cached) return cached;
 
     try {
@@ -144,17 +159,54 @@ export class Authenticator {
     this.cache.set(cacheKey, {
       principal,
       expiresAt: Math.min(Date.now() + CREDENTIAL_CACHE_MS, principal.expiresAt ?? Infinity),
+      checked: this.externalChanges?.(),
     });
     return principal;
   }
 
-  /** Returns the principal of a login verified less than CREDENTIAL_CACHE_MS ago. */
-  private remembered(cacheKey: string): Principal | undefined {
+  /**
+   * Returns the principal of a login verified less than CREDENTIAL_CACHE_MS
+   * ago, checked again against the database if another process wrote to it
+   * since.
+   */
+  private async remembered(cacheKey: string, secret: string): Promise<Principal | undefined> {
     const entry = this.cache.get(cacheKey);
     if (entry === undefined) return undefined;
-    if (entry.expiresAt > Date.now()) return entry.principal;
-    this.cache.delete(cacheKey);
-    return undefined;
+    if (entry.expiresAt <= Date.now()) {
+      this.cache.delete(cacheKey);
+      return undefined;
+    }
+    const changes = this.externalChanges?.();
+    if (changes === entry.checked) return entry.principal;
+
+    const principal = await this.recheck(entry.principal, secret);
+    if (principal === undefined) {
+      this.cache.delete(cacheKey);
+      return undefined;
+    }
+    entry.principal = principal;
+    entry.checked = changes;
+    return principal;
+  }
+
+  /**
+   * Checks a remembered login against the database: the access token must
+   * still verify, and a password login's account must be unchanged, because
+   * any change to it (a new password among them) moves its updated_at.
+   */
+  private async recheck(principal: Principal, secret: string): Promise<Principal | undefined> {
+    if (principal.method === 'access-token') {
+      const found = await this.tokens.verify(secret);
+      if (!found || found.account.id !== principal.account.id || found.account.disabled) {
+        return undefined;
+      }
+      return { ...principal, account: found.account };
+    }
+    const account = await this.accounts.findById(principal.account.id);
+    if (!account || account.disabled || account.updatedAt !== principal.account.updatedAt) {
+      return undefined;
+    }
+    return principal;
   }
 
   /** Runs `operation` after every earlier login of the same account has finished. */
@@ -186,14 +238,19 @@ export class Authenticator {
    */
   async tokenAccount(username: string): Promise<Account | undefined> {
     const entry = this.tokenAccounts.get(username);
-    if (entry && entry.expiresAt > Date.now()) return entry.account;
+    const changes = this.externalChanges?.();
+    if (entry && entry.expiresAt > Date.now() && entry.checked === changes) return entry.account;
     const account = await this.accounts.findByName(username);
     if (!account || account.disabled) {
       this.tokenAccounts.delete(username);
       return undefined;
     }
     if (this.tokenAccounts.size >= CREDENTIAL_CACHE_MAX) this.tokenAccounts.clear();
-    this.tokenAccounts.set(username, { account, expiresAt: Date.now() + CREDENTIAL_CACHE_MS });
+    this.tokenAccounts.set(username, {
+      account,
+      expiresAt: Date.now() + CREDENTIAL_CACHE_MS,
+      checked: changes,
+    });
     return account;
   }
 

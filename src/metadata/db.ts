@@ -24,6 +24,8 @@ export interface MetadataDb {
    * offers no cheap way to tell (PostgreSQL), so nothing may be cached.
    */
   changeCounter?: () => number;
+  /** Like changeCounter, but counts only commits of other connections (other processes). */
+  externalChangeCounter?: () => number;
   /** The SQLite file, when the dialect is SQLite. */
   sqlitePath?: string;
   close(): Promise<void>;
@@ -72,6 +74,7 @@ function openSqlite(dataDir: string): MetadataDb {
     dialect: 'sqlite',
     sqlitePath: file,
     changeCounter: () => connection.writes + (dataVersion.get() as number),
+    externalChangeCounter: () => dataVersion.get() as number,
     close: () => db.destroy(),
   };
 }

@@ -1,0 +1,78 @@
+// Two mcr processes on one data directory, as when an operator runs a second
+// instance on the same SQLite database. A process remembers verified
+// credentials; a change made through the other process must still take
+// effect at its next request, not when the remembered entry expires.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import { basicAuth, createAccount, startServer, type TestServer } from './helpers/server.js';
+
+let first: TestServer;
+let second: TestServer;
+before(async () => {
+  first = await startServer();
+  second = await startServer({ dataDir: first.dataDir });
+});
+after(async () => {
+  await second?.stop();
+  await first?.cleanup();
+});
+
+/** Sends GET /v2/ to `server` with Basic credentials and returns the status. */
+async function statusAt(server: TestServer, username: string, secret: string): Promise<number> {
+  const response = await fetch(`${server.url}/v2/`, {
+    headers: { authorization: basicAuth(username, secret) },
+  });
+  await response.arrayBuffer();
+  return response.status;
+}
+
+async function patchAccount(username: string, change: Record<string, unknown>): Promise<void> {
+  const response = await first.fetch(`/v1/accounts/${username}`, {
+    method: 'PATCH',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(change),
+  });
+  assert.equal(response.status, 200, await response.text());
+}
+
+describe('credentials remembered by another process', () => {
+  it('stop working when the account is disabled', async () => {
+    await createAccount(first, 'mp-disabled', 'mp-disabled-password');
+    assert.equal(await statusAt(second, 'mp-disabled', 'mp-disabled-password'), 200);
+    await patchAccount('mp-disabled', { disabled: true });
+    assert.equal(await statusAt(second, 'mp-disabled', 'mp-disabled-password'), 401);
+  });
+
+  it('stop working when the password changes', async () => {
+    await createAccount(first, 'mp-password', 'mp-old-password');
+    assert.equal(await statusAt(second, 'mp-password', 'mp-old-password'), 200);
+    await patchAccount('mp-password', { password: 'mp-new-password' });
+    assert.equal(await statusAt(second, 'mp-password', 'mp-old-password'), 401);
+    assert.equal(await statusAt(second, 'mp-password', 'mp-new-password'), 200);
+  });
+
+  it('stop working when the account is deleted', async () => {
+    await createAccount(first, 'mp-deleted', 'mp-deleted-password');
+    assert.equal(await statusAt(second, 'mp-deleted', 'mp-deleted-password'), 200);
+    const deleted = await first.fetch('/v1/accounts/mp-deleted', { method: 'DELETE' });
+    assert.equal(deleted.status, 204);
+    assert.equal(await statusAt(second, 'mp-deleted', 'mp-deleted-password'), 401);
+  });
+
+  it('stop working when the access token is revoked', async () => {
+    await createAccount(first, 'mp-token', 'mp-token-password');
+    const issued = await first.fetch('/v1/accounts/mp-token/tokens', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ name: 'ci' }),
+    });
+    assert.equal(issued.status, 201);
+    const { id, secret } = (await issued.json()) as { id: number; secret: string };
+    assert.equal(await statusAt(second, 'mp-token', secret), 200);
+
+    const revoked = await first.fetch(`/v1/accounts/mp-token/tokens/${id}`, { method: 'DELETE' });
+    assert.equal(revoked.status, 200);
+    assert.equal(await statusAt(second, 'mp-token', secret), 401);
+  });
+});
