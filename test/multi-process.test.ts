@@ -3,9 +3,18 @@
 // credentials; a change made through the other process must still take
 // effect at its next request, not when the remembered entry expires.
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { basicAuth, createAccount, startServer, type TestServer } from './helpers/server.js';
+import Database from 'better-sqlite3';
+
+import {
+  ADMIN_PASSWORD,
+  basicAuth,
+  createAccount,
+  startServer,
+  type TestServer,
+} from './helpers/server.js';
 
 let first: TestServer;
 let second: TestServer;
@@ -74,5 +83,29 @@ describe('credentials remembered by another process', () => {
     const revoked = await first.fetch(`/v1/accounts/mp-token/tokens/${id}`, { method: 'DELETE' });
     assert.equal(revoked.status, 200);
     assert.equal(await statusAt(second, 'mp-token', secret), 401);
+  });
+
+  it('stop working when the password hash changes in the database', async () => {
+    await createAccount(first, 'mp-hash', 'mp-hash-password');
+    assert.equal(await statusAt(second, 'mp-hash', 'mp-hash-password'), 200);
+
+    // Gives mp-hash the admin's password hash from outside mcr, as a restore
+    // or an operator's sqlite3 shell would; updated_at stays as it was.
+    const database = new Database(path.join(first.dataDir, 'mcr.db'));
+    try {
+      database.pragma('busy_timeout = 5000');
+      const changed = database
+        .prepare(
+          `UPDATE accounts SET password_hash =
+             (SELECT password_hash FROM accounts WHERE username = 'admin')
+           WHERE username = 'mp-hash'`,
+        )
+        .run();
+      assert.equal(changed.changes, 1);
+    } finally {
+      database.close();
+    }
+    assert.equal(await statusAt(second, 'mp-hash', 'mp-hash-password'), 401);
+    assert.equal(await statusAt(second, 'mp-hash', ADMIN_PASSWORD), 200);
   });
 });

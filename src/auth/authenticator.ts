@@ -35,28 +35,44 @@ export class LoginError extends Error {
 export { ThrottledError } from './throttle.js';
 
 /**
- * How long a verified password or token is remembered with its account, so
- * that a client sending Basic credentials on every request pays neither for
- * argon2 nor for a database read each time. Changing or disabling an account
- * or revoking a token through this process drops the entry at once. On
- * SQLite, a commit by another process makes the next use check the entry
- * against the database; on PostgreSQL, other processes notice within this time.
+ * A verified login kept in memory. When it is older than CREDENTIAL_CACHE_MS,
+ * or `checked` (the database's count of other processes' commits when it was
+ * last checked) has moved, it is checked against the database again before
+ * use: a local password by comparing the stored argon2 hash with the one it
+ * was verified against, an access token by verifying it again. Neither runs
+ * argon2. A directory login is verified with the directory again once old.
+ */
+interface RememberedLogin {
+  principal: Principal;
+  /** The argon2 hash a local password was verified against. */
+  passwordHash?: string;
+  expiresAt: number;
+  checked: number | undefined;
+}
+
+/** A successful verification, with the hash a local password matched. */
+type Verified = Principal & { passwordHash?: string };
+
+/**
+ * How long a remembered login is used without reading the database, so that
+ * a client sending Basic credentials on every request pays neither for argon2
+ * nor for a database read each time. Changing or disabling an account or
+ * revoking a token through this process drops the entry at once. On SQLite, a
+ * commit by another process makes the next use check the entry; on
+ * PostgreSQL, other processes' changes are seen within this time.
  */
 const CREDENTIAL_CACHE_MS = 30_000;
 const CREDENTIAL_CACHE_MAX = 10_000;
 
+/** Returns when a login verified now is due to be checked again. */
+function loginExpiry(principal: Principal): number {
+  return Math.min(Date.now() + CREDENTIAL_CACHE_MS, principal.expiresAt ?? Infinity);
+}
+
 /** Checks usernames with passwords or access tokens, with throttling and a short cache. */
 export class Authenticator {
-  /**
-   * Verified logins by a hash of their credentials. `checked` is the value of
-   * the database's counter of other processes' commits when the login was
-   * last checked; when it has moved, the login is checked again against the
-   * database (without argon2) before it is used.
-   */
-  private readonly cache = new Map<
-    string,
-    { principal: Principal; expiresAt: number; checked: number | undefined }
-  >();
+  /** Verified logins by a hash of their credentials. */
+  private readonly cache = new Map<string, RememberedLogin>();
 
   /** Accounts named by bearer tokens, by username, checked like `cache`. */
   private readonly tokenAccounts = new Map<
@@ -127,7 +143,7 @@ export class Authenticator {
       throw error;
     }
 
-    let principal: Principal;
+    let principal: Verified;
     try {
       principal = await this.verify(username, secret);
     } catch (error) {
@@ -156,45 +172,39 @@ export class Authenticator {
       details: { method: principal.method },
     });
     if (this.cache.size >= CREDENTIAL_CACHE_MAX) this.cache.clear();
+    const { passwordHash, ...verified } = principal;
     this.cache.set(cacheKey, {
-      principal,
-      expiresAt: Math.min(Date.now() + CREDENTIAL_CACHE_MS, principal.expiresAt ?? Infinity),
+      principal: verified,
+      passwordHash,
+      expiresAt: loginExpiry(verified),
       checked: this.externalChanges?.(),
     });
-    return principal;
+    return verified;
   }
 
-  /**
-   * Returns the principal of a login verified less than CREDENTIAL_CACHE_MS
-   * ago, checked again against the database if another process wrote to it
-   * since.
-   */
+  /** Returns the principal of a remembered login, checking it again when it is due. */
   private async remembered(cacheKey: string, secret: string): Promise<Principal | undefined> {
     const entry = this.cache.get(cacheKey);
     if (entry === undefined) return undefined;
-    if (entry.expiresAt <= Date.now()) {
-      this.cache.delete(cacheKey);
-      return undefined;
-    }
+    const expired = entry.expiresAt <= Date.now();
     const changes = this.externalChanges?.();
-    if (changes === entry.checked) return entry.principal;
+    if (!expired && changes === entry.checked) return entry.principal;
 
-    const principal = await this.recheck(entry.principal, secret);
+    const directoryLogin = entry.principal.method === 'password' && !entry.passwordHash;
+    const principal = expired && directoryLogin ? undefined : await this.recheck(entry, secret);
     if (principal === undefined) {
       this.cache.delete(cacheKey);
       return undefined;
     }
     entry.principal = principal;
     entry.checked = changes;
+    entry.expiresAt = loginExpiry(principal);
     return principal;
   }
 
-  /**
-   * Checks a remembered login against the database: the access token must
-   * still verify, and a password login's account must be unchanged, because
-   * any change to it (a new password among them) moves its updated_at.
-   */
-  private async recheck(principal: Principal, secret: string): Promise<Principal | undefined> {
+  /** Checks a remembered login against the database, without argon2. */
+  private async recheck(entry: RememberedLogin, secret: string): Promise<Principal | undefined> {
+    const { principal } = entry;
     if (principal.method === 'access-token') {
       const found = await this.tokens.verify(secret);
       if (!found || found.account.id !== principal.account.id || found.account.disabled) {
@@ -202,6 +212,19 @@ export class Authenticator {
       }
       return { ...principal, account: found.account };
     }
+    if (entry.passwordHash) {
+      const local = await this.accounts.passwordHash(principal.account.username);
+      if (
+        !local ||
+        local.hash !== entry.passwordHash ||
+        local.account.id !== principal.account.id ||
+        local.account.disabled
+      ) {
+        return undefined;
+      }
+      return { ...principal, account: local.account };
+    }
+    // A directory login: any change to the account moves its updated_at.
     const account = await this.accounts.findById(principal.account.id);
     if (!account || account.disabled || account.updatedAt !== principal.account.updatedAt) {
       return undefined;
@@ -254,7 +277,7 @@ export class Authenticator {
     return account;
   }
 
-  private async verify(username: string, secret: string): Promise<Principal> {
+  private async verify(username: string, secret: string): Promise<Verified> {
     // No account can have such a name, so no hash needs computing.
     if (!ACCOUNT_NAME_PATTERN.test(username)) throw new LoginError('invalid-credentials');
 
@@ -278,7 +301,12 @@ export class Authenticator {
     if (local && local.hash !== null) {
       if (!(await verifyPassword(local.hash, secret))) throw new LoginError('invalid-credentials');
       if (local.account.disabled) throw new LoginError('disabled');
-      return { account: local.account, tokenScopes: null, method: 'password' };
+      return {
+        account: local.account,
+        tokenScopes: null,
+        method: 'password',
+        passwordHash: local.hash,
+      };
     }
 
     if (!this.provider) throw new LoginError('invalid-credentials');
