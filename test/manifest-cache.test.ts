@@ -1,8 +1,8 @@
 // mcr keeps manifests it looked up in memory while the database is
 // unchanged. These tests read a manifest once, so that it is cached, then
 // change what the tag or digest names (through the API, the admin API and
-// directly in the SQLite file from another connection) and check that the
-// next read sees the change.
+// directly in the SQLite file from another connection). The next read must
+// return the changed manifest or 404.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';

@@ -84,7 +84,9 @@ describe('prepared queries', () => {
       );
       const first = await insert.first(handle.db, 'team/one', 111);
       const second = await insert.first(handle.db, 'team/two', 222);
-      assert.ok(first && second && first.id !== second.id);
+      assert.ok(first, 'first insert returned its id');
+      assert.ok(second, 'second insert returned its id');
+      assert.notEqual(first.id, second.id);
       assert.deepEqual(await select.first(handle.db, 'team/two'), {
         id: second.id,
         created_at: 222,

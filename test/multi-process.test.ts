@@ -1,7 +1,7 @@
 // Two mcr processes on one data directory, as when an operator runs a second
-// instance on the same SQLite database. A process remembers verified
-// credentials; a change made through the other process must still take
-// effect at its next request, not when the remembered entry expires.
+// instance on the same SQLite database. Each process remembers verified
+// credentials. A change made through one process must take effect at the
+// other's next request, not when its remembered entry expires.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';

@@ -165,21 +165,7 @@ export class AuditLog {
         previous_hash: head.hash,
       };
       const hash = chainHash(head.hash, row);
-      await insertEvent.execute(
-        trx,
-        row.id,
-        row.time,
-        row.type,
-        row.actor,
-        row.client_address,
-        row.repository,
-        row.reference,
-        row.digest,
-        row.outcome,
-        row.details,
-        row.previous_hash,
-        hash,
-      );
+      await insertEvent.execute(trx, ...chainFields(row), row.previous_hash, hash);
       head = { id: row.id, hash };
     }
     return head;
@@ -303,11 +289,9 @@ function readHead(file: string): AuditHead | undefined {
   }
 }
 
-function chainHash(
-  previousHash: string,
-  row: Omit<Selectable<AuditEventsTable>, 'hash' | 'previous_hash'> & { hash?: string },
-): string {
-  const fields = [
+/** Lists the fields of an event that its hash covers, in the order of the insert's arguments. */
+function chainFields(row: Omit<Selectable<AuditEventsTable>, 'hash' | 'previous_hash'>) {
+  return [
     row.id,
     row.time,
     row.type,
@@ -318,7 +302,14 @@ function chainHash(
     row.digest,
     row.outcome,
     row.details,
-  ];
+  ] as const;
+}
+
+function chainHash(
+  previousHash: string,
+  row: Omit<Selectable<AuditEventsTable>, 'hash' | 'previous_hash'> & { hash?: string },
+): string {
+  const fields = chainFields(row);
   return createHash('sha256')
     .update(`${previousHash}\n${JSON.stringify(fields)}`)
     .digest('hex');

@@ -52,8 +52,8 @@ export async function sendBlob(
       await writing;
       writing = writeChunk(response, buffer.subarray(0, bytesRead));
       // A client that leaves rejects this write while the next read runs,
-      // before anything awaits it; the loop sees the rejection at its next
-      // await, and until then it must not count as unhandled.
+      // before anything awaits it. The loop meets the rejection at its next
+      // await, so until then it must not count as unhandled.
       writing.catch(() => undefined);
       position += bytesRead;
     }

@@ -17,11 +17,11 @@ import { registerV1, type V1Deps } from './v1/index.js';
 import { registerV2 } from './v2/index.js';
 
 /**
- * Answers a request that Node's HTTP parser rejected (malformed, or headers
- * over its limit) with an OCI error body, then closes the connection.
+ * Sends an OCI error body for a request that Node's HTTP parser rejected
+ * (malformed, or headers over its limit), then closes the connection.
  */
 function sendClientError(error: Error & { code?: string }, socket: Duplex): void {
-  // A reset connection has nobody left to answer.
+  // A reset connection cannot receive a reply.
   if (error.code === 'ECONNRESET' || socket.destroyed) return;
   let status = 400;
   let message = `malformed HTTP request (${error.code ?? error.message})`;

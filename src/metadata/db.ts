@@ -20,8 +20,8 @@ export interface MetadataDb {
   dialect: Dialect;
   /**
    * Returns a number that changes whenever any connection commits a write,
-   * for caches of what the database holds; undefined where the dialect
-   * offers no cheap way to tell (PostgreSQL), so nothing may be cached.
+   * for caches of what the database holds. It is undefined for PostgreSQL,
+   * which offers no cheap way to tell, so nothing may be cached there.
    */
   changeCounter?: () => number;
   /** Like changeCounter, but counts only commits of other connections (other processes). */

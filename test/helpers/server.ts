@@ -12,9 +12,9 @@ export const MCR_ENTRY = path.resolve(
 );
 
 /**
- * Node.js flags and environment every launcher of mcr sets (package.json,
- * the shebang, the packaging files): a small young generation and V8's
- * memory-saving mode keep resident memory low, and 16 libuv threads let
+ * Node.js flags and environment that every launcher of mcr sets (package.json,
+ * the shebang, the packaging files). A small young generation and V8's
+ * memory-saving mode keep resident memory low. 16 libuv threads let
  * concurrent uploads wait on fsync together instead of four at a time.
  */
 export const MCR_NODE_FLAGS = ['--max-semi-space-size=4', '--optimize-for-size'];

@@ -85,7 +85,7 @@ export async function putManifest(call: V2Call, name: string, ref: string): Prom
   call.reply.send();
 }
 
-/** The audit events of a manifest push: the push, and the tag move it made. */
+/** Builds the audit events of a manifest push: the push, and the tag move it made. */
 function pushEvents(
   call: V2Call,
   name: string,
