@@ -118,7 +118,7 @@ export class FilesystemBlobStore implements BlobStore {
 
     let position = offset;
     // Flushes written bytes to disk while more arrive, so that the fsync of
-    // the commit has little left to do.
+    // the commit has less left to do.
     let flushing: Promise<void> | undefined;
     let unflushed = 0;
     try {
@@ -127,6 +127,14 @@ export class FilesystemBlobStore implements BlobStore {
       let batch: Uint8Array[] = [];
       let batched = 0;
       for await (const chunk of source) {
+        // More data follows what is written, so a flush now overlaps with it.
+        // None starts after the last write, because the request would wait
+        // for it, and only the commit needs the bytes on disk.
+        if (unflushed >= FLUSH_BYTES) {
+          await flushing;
+          flushing = handle.datasync();
+          unflushed = 0;
+        }
         batch.push(chunk);
         batched += chunk.length;
         if (batched < IO_CHUNK_BYTES) continue;
@@ -134,11 +142,6 @@ export class FilesystemBlobStore implements BlobStore {
         unflushed += batched;
         batch = [];
         batched = 0;
-        if (unflushed >= FLUSH_BYTES) {
-          await flushing;
-          flushing = handle.datasync();
-          unflushed = 0;
-        }
       }
       if (batched > 0) position += await writeAll(handle, batch, batched, position);
       await flushing;
