@@ -339,6 +339,7 @@ describe('blob reads', () => {
     ['bytes=15-', 206, 'fghij', 'bytes 15-19/20'],
     ['bytes=-3', 206, 'hij', 'bytes 17-19/20'],
     ['bytes=10-100', 206, 'abcdefghij', 'bytes 10-19/20'],
+    ['bytes= 1-2', 206, '12', 'bytes 1-2/20'],
   ];
   for (const [range, status, body, contentRange] of ranges) {
     it(`serves Range ${range}`, async () => {

@@ -83,7 +83,8 @@ function parseRange(
   size: number,
 ): { start: number; end: number } | null | 'unsatisfiable' {
   if (!header) return null;
-  const match = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  // Whitespace around the range, as some clients send it, is tolerated.
+  const match = /^bytes=[ \t]*(\d*)-(\d*)[ \t]*$/.exec(header.trim());
   if (!match) return null;
   const [, first, last] = match as unknown as [string, string, string];
   if (first === '' && last === '') return null;
