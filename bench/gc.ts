@@ -34,7 +34,6 @@ try {
     const bytes = randomBytes(256);
     const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
     const key = `bench-${i}`;
-    await store.createUpload(key);
     await store.appendUpload(key, 0, Readable.from([bytes]));
     await store.commitUpload(key, parseDigest(digest), bytes.length);
     digests.push({ digest, size: bytes.length });

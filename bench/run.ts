@@ -3,8 +3,11 @@
 // directory, runs every workload against both in alternating order, and
 // prints the median of each figure with the ratio mcr/reference. Run it after
 // a build:
-//   npm run build && node dist/bench/run.js [--quick]
-// --quick runs once with small sizes, for the smoke test.
+//   npm run build && node dist/bench/run.js [--quick] [--only LABEL,...]
+// --quick runs once with small sizes, for the smoke test. --only runs the
+// named workloads alone (labels as in the progress lines, such as
+// "small blobs" or "tags"), for measuring one change.
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
@@ -88,6 +91,8 @@ type Workload = (target: Target, rep: number) => Promise<Figures>;
 const quick = process.argv.includes('--quick');
 const sizes = quick ? QUICK_SIZES : FULL_SIZES;
 const reps = quick ? 1 : 3;
+const onlyIndex = process.argv.indexOf('--only');
+const only = onlyIndex === -1 ? undefined : (process.argv[onlyIndex + 1] ?? '').split(',');
 
 /** Reads VmHWM (peak resident set size) of a process from /proc, in MiB. */
 function peakRssMiB(pid: number): number {
@@ -181,7 +186,7 @@ const pids = new Map([
 const results = new Map<string, Map<string, number[]>>(targets.map((t) => [t.name, new Map()]));
 const ceilings = { sha256: [] as number[], ingest: [] as number[] };
 
-const workloads: Array<[string, Workload]> = [
+const allWorkloads: Array<[string, Workload]> = [
   ['big blob', (target, rep) => runBigBlob(target, sizes, rep + 1, `bench/big-r${rep}`)],
   ['small blobs', (target, rep) => runSmallBlobs(target, sizes, rep, `bench/small-r${rep}`)],
   ['manifest load', (target, rep) => runManifestLoad(target, sizes, rep, `bench/load-r${rep}`)],
@@ -189,16 +194,23 @@ const workloads: Array<[string, Workload]> = [
   ['catalog', (target) => runCatalogWalk(target, sizes)],
   ['skopeo', (target, rep) => runSkopeo(target, images[rep]!, sandbox, `bench/skopeo-r${rep}`)],
 ];
+const workloads = allWorkloads.filter(([label]) => only === undefined || only.includes(label));
+if (workloads.length === 0) {
+  throw new Error(`--only names no workload; they are: ${allWorkloads.map(([l]) => l).join(', ')}`);
+}
+const runs = (label: string) => workloads.some(([l]) => l === label);
+
 /** The image skopeo pushes in each repetition, built before the first. */
 const images: Array<{ source: string; digest: string }> = [];
 
 const startedAt = Date.now();
 try {
-  for (let rep = 0; rep < reps; rep++) {
+  for (let rep = 0; rep < reps && runs('skopeo'); rep++) {
     console.error(`setup: building skopeo image ${rep + 1}/${reps}`);
     images.push(await buildSkopeoImage(workDir, sizes, rep));
   }
   for (const target of targets) {
+    if (!runs('catalog')) break;
     console.error(`setup: creating ${sizes.repositories} repositories on ${target.name}`);
     await createRepositories(target, sizes);
   }
@@ -208,6 +220,9 @@ try {
     for (const [label, workload] of workloads) {
       for (const target of order) {
         console.error(`run ${rep + 1}/${reps}: ${label} on ${target.name}`);
+        // Writes out what earlier workloads left in the page cache, so that
+        // neither registry's disk writes queue behind the other's.
+        spawnSync('sync');
         const figures = await workload(target, rep);
         const byFigure = results.get(target.name)!;
         for (const [name, value] of Object.entries(figures)) {
@@ -215,8 +230,10 @@ try {
         }
       }
     }
-    ceilings.sha256.push(measureSha256(sizes.bigBlobBytes));
-    ceilings.ingest.push(await measureIngest(ingest, sizes.bigBlobBytes, 1000 + rep));
+    if (runs('big blob')) {
+      ceilings.sha256.push(measureSha256(sizes.bigBlobBytes));
+      ceilings.ingest.push(await measureIngest(ingest, sizes.bigBlobBytes, 1000 + rep));
+    }
   }
 
   for (const target of targets) {
@@ -242,7 +259,8 @@ console.log(
 );
 console.log('');
 
-const rows = FIGURES.map((spec) => {
+const measured = FIGURES.filter((spec) => results.get('mcr')!.has(spec.name));
+const rows = measured.map((spec) => {
   const mcrValue = median(results.get('mcr')!.get(spec.name) ?? [NaN]);
   const referenceValue = median(results.get('reference')!.get(spec.name) ?? [NaN]);
   const ratio = mcrValue / referenceValue;
@@ -259,18 +277,20 @@ const rows = FIGURES.map((spec) => {
 });
 printTable(['figure', 'unit', 'mcr', 'reference', 'mcr/ref', 'target', ''], rows);
 
-console.log('');
-const sha = median(ceilings.sha256);
-const ingestRate = median(ceilings.ingest);
-const mcrMonolithic = median(results.get('mcr')!.get('blob push, monolithic') ?? [NaN]);
-printTable(
-  ['machine ceiling', 'unit', 'value'],
-  [
-    ['SHA-256, one core', 'MiB/s', format(sha)],
-    ['node:http receive+hash+write', 'MiB/s', format(ingestRate)],
-    ['mcr monolithic push / that ceiling', 'fraction', format(mcrMonolithic / ingestRate)],
-  ],
-);
+if (runs('big blob')) {
+  console.log('');
+  const sha = median(ceilings.sha256);
+  const ingestRate = median(ceilings.ingest);
+  const mcrMonolithic = median(results.get('mcr')!.get('blob push, monolithic') ?? [NaN]);
+  printTable(
+    ['machine ceiling', 'unit', 'value'],
+    [
+      ['SHA-256, one core', 'MiB/s', format(sha)],
+      ['node:http receive+hash+write', 'MiB/s', format(ingestRate)],
+      ['mcr monolithic push / that ceiling', 'fraction', format(mcrMonolithic / ingestRate)],
+    ],
+  );
+}
 
 console.log('');
 console.log('notes:');
@@ -282,6 +302,9 @@ console.log('- reference ignores n on tags/list (Distribution 2.8), so its tag w
 console.log('- mcr requests carry Basic credentials; the reference runs without authentication.');
 console.log(
   "- manifest load comes from wrk (one thread); the other workloads' clients run in this process. Both share the machine's cores with the registries.",
+);
+console.log(
+  '- before each workload on each registry, sync writes out what the page cache holds, untimed.',
 );
 console.log('- skopeo exchanges the Basic credentials for a bearer token on mcr.');
 console.log('- peak RSS is read once, after all workloads, from /proc/PID/status.');

@@ -211,6 +211,7 @@ export async function startRegistry(
       }
       await gc.stop();
       auth.audit.close();
+      await store.close();
       await metadata.close();
     },
   };

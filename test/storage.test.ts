@@ -7,7 +7,11 @@ import { Readable } from 'node:stream';
 import { describe, it } from 'node:test';
 
 import { parseDigest } from '../src/registry/digest.js';
-import { BlobNotFoundError, FilesystemBlobStore } from '../src/storage/index.js';
+import {
+  BlobNotFoundError,
+  FilesystemBlobStore,
+  UploadNotFoundError,
+} from '../src/storage/index.js';
 import { sha256 } from './helpers/oci.js';
 
 async function newStore(): Promise<{ store: FilesystemBlobStore; root: string }> {
@@ -29,7 +33,6 @@ describe('filesystem blob store', () => {
     const data = randomBytes(200_000);
     const digest = parseDigest(sha256(data));
 
-    await store.createUpload('u1');
     assert.equal(
       await store.appendUpload('u1', 0, Readable.from([data.subarray(0, 50_000)])),
       50_000,
@@ -54,7 +57,6 @@ describe('filesystem blob store', () => {
     const { store } = await newStore();
     const data = randomBytes(70_000);
     const digest = parseDigest(sha256(data));
-    await store.createUpload('r1');
     await store.appendUpload('r1', 0, Readable.from([data]));
     await store.commitUpload('r1', digest, data.length);
 
@@ -79,14 +81,12 @@ describe('filesystem blob store', () => {
     const { store } = await newStore();
     const chunks = Array.from({ length: 3000 }, (_, i) => randomBytes(700 + (i % 13)));
     const data = Buffer.concat(chunks);
-    await store.createUpload('many');
     assert.equal(await store.appendUpload('many', 0, Readable.from(chunks)), data.length);
     assert.deepEqual(await collect(await store.readUpload('many', data.length)), data);
   });
 
   it('overwrites bytes a failed append left past the offset', async () => {
     const { store } = await newStore();
-    await store.createUpload('u2');
     await store.appendUpload('u2', 0, Readable.from([Buffer.from('hello')]));
     // A torn append: more bytes landed than the committed offset (5) covers.
     await store.appendUpload('u2', 5, Readable.from([Buffer.from('XXXXXXXX')]));
@@ -94,11 +94,57 @@ describe('filesystem blob store', () => {
     assert.equal((await collect(await store.readUpload('u2', 11))).toString(), 'hello world');
   });
 
+  it('creates upload files on the first append', async () => {
+    const { store, root } = await newStore();
+    await assert.rejects(
+      store.appendUpload('late', 5, Readable.from([Buffer.from('x')])),
+      UploadNotFoundError,
+    );
+    assert.deepEqual(readdirSync(path.join(root, 'uploads')), []);
+    assert.equal((await collect(await store.readUpload('none', 0))).length, 0);
+
+    await store.appendUpload('first', 0, Readable.from([Buffer.from('a failed first chunk')]));
+    await store.appendUpload('first', 0, Readable.from([Buffer.from('again')]));
+    assert.equal(readFileSync(path.join(root, 'uploads', 'first'), 'utf8'), 'again');
+  });
+
+  it('commits a synced append', async () => {
+    const { store, root } = await newStore();
+    const data = Buffer.from('synced bytes');
+    const digest = parseDigest(sha256(data));
+    assert.equal(await store.appendUpload('s', 0, Readable.from([data]), { sync: true }), 12);
+    assert.equal(await store.commitUpload('s', digest, data.length, { synced: true }), 'stored');
+    const file = path.join(root, 'blobs', 'sha256', digest.hex.slice(0, 2), digest.hex);
+    assert.deepEqual(readFileSync(file), data);
+    assert.deepEqual(readdirSync(path.join(root, 'uploads')), []);
+
+    // A second blob in the same prefix directory finds it in place.
+    let other = Buffer.from('');
+    for (let i = 0; ; i++) {
+      other = Buffer.from(`other ${i}`);
+      if (sha256(other).slice(7, 9) === digest.hex.slice(0, 2)) break;
+    }
+    await store.appendUpload('t', 0, Readable.from([other]));
+    assert.equal(await store.commitUpload('t', parseDigest(sha256(other)), other.length), 'stored');
+    assert.equal(readdirSync(path.dirname(file)).length, 2);
+  });
+
+  it('commits a missing upload only when empty', async () => {
+    const { store, root } = await newStore();
+    await assert.rejects(
+      store.commitUpload('gone', parseDigest(sha256('gone')), 4),
+      UploadNotFoundError,
+    );
+    const empty = parseDigest(sha256(''));
+    assert.equal(await store.commitUpload('none', empty, 0), 'stored');
+    const file = path.join(root, 'blobs', 'sha256', empty.hex.slice(0, 2), empty.hex);
+    assert.equal(readFileSync(file).length, 0);
+  });
+
   it('discards the upload when the blob already exists', async () => {
     const { store, root } = await newStore();
     const digest = parseDigest(sha256('same'));
     for (const key of ['a', 'b']) {
-      await store.createUpload(key);
       await store.appendUpload(key, 0, Readable.from([Buffer.from('same')]));
     }
     assert.equal(await store.commitUpload('a', digest, 4), 'stored');
@@ -109,7 +155,6 @@ describe('filesystem blob store', () => {
   it('lists blobs and reports missing ones', async () => {
     const { store } = await newStore();
     const digest = parseDigest(sha256('listed'));
-    await store.createUpload('c');
     await store.appendUpload('c', 0, Readable.from([Buffer.from('listed')]));
     await store.commitUpload('c', digest, 6);
     const listed: string[] = [];
@@ -125,7 +170,10 @@ describe('filesystem blob store', () => {
   it('rejects upload keys that could escape the uploads directory', async () => {
     const { store, root } = await newStore();
     for (const key of ['../mcr.db', 'a/b', '', '..']) {
-      await assert.rejects(store.createUpload(key), /invalid upload key/);
+      await assert.rejects(
+        store.appendUpload(key, 0, Readable.from([Buffer.from('x')])),
+        /invalid upload key/,
+      );
     }
     assert.equal(existsSync(path.join(root, 'mcr.db')), false);
   });

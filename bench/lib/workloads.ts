@@ -34,6 +34,8 @@ export interface Sizes {
   chunkBytes: number;
   smallBlobs: number;
   smallBlobBytes: number;
+  /** Small blobs pushed untimed before the timed ones, so that both servers are warmed up. */
+  smallBlobWarmup: number;
   /** Concurrent clients for blob pushes and tag creation. */
   clients: number;
   loadSeconds: number;
@@ -51,6 +53,7 @@ export const FULL_SIZES: Sizes = {
   chunkBytes: 64 * MiB,
   smallBlobs: 200,
   smallBlobBytes: 4096,
+  smallBlobWarmup: 48,
   clients: 16,
   loadSeconds: 15,
   loadConnections: 64,
@@ -66,6 +69,7 @@ export const QUICK_SIZES: Sizes = {
   chunkBytes: 2 * MiB,
   smallBlobs: 20,
   smallBlobBytes: 4096,
+  smallBlobWarmup: 4,
   clients: 16,
   loadSeconds: 2,
   loadConnections: 64,
@@ -195,22 +199,31 @@ export async function runBigBlob(
   };
 }
 
-/** Pushes distinct small blobs with concurrent clients and returns blobs/s. */
+/**
+ * Pushes distinct small blobs with concurrent clients and returns blobs/s.
+ * A few distinct blobs go first, untimed, into another repository.
+ */
 export async function runSmallBlobs(
   target: Target,
   sizes: Sizes,
   seed: number,
   repository: string,
 ): Promise<Figures> {
-  const blobs = Array.from({ length: sizes.smallBlobs }, (_, i) => {
-    const data = Buffer.alloc(sizes.smallBlobBytes, i % 251);
-    data.write(`small blob ${seed} ${i}`);
-    return data;
-  });
+  const makeBlobs = (label: string, count: number) =>
+    Array.from({ length: count }, (_, i) => {
+      const data = Buffer.alloc(sizes.smallBlobBytes, i % 251);
+      data.write(`${label} ${seed} ${i}`);
+      return data;
+    });
+  const push = (blobs: Buffer[], into: string) =>
+    runConcurrently(blobs.length, sizes.clients, async (i) => {
+      await pushSmallBlob(target, into, blobs[i] as Buffer);
+    });
+
+  await push(makeBlobs('warm-up blob', sizes.smallBlobWarmup), `${repository}-warmup`);
+  const blobs = makeBlobs('small blob', sizes.smallBlobs);
   const start = performance.now();
-  await runConcurrently(blobs.length, sizes.clients, async (i) => {
-    await pushSmallBlob(target, repository, blobs[i] as Buffer);
-  });
+  await push(blobs, repository);
   const seconds = (performance.now() - start) / 1000;
   return { 'small blob push': blobs.length / seconds };
 }

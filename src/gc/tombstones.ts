@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { sql, type Kysely, type Transaction } from 'kysely';
 
 import type { Dialect } from '../metadata/migrations.js';
+import { PreparedQuery } from '../metadata/prepared.js';
 import type { Database } from '../metadata/schema.js';
 import type { CoreContext } from '../registry/core.js';
 import type { Digest } from '../registry/digest.js';
@@ -67,22 +68,22 @@ export const STALE_COMMIT_MS = 60 * 60 * 1000;
  */
 export async function commitBlob(
   ctx: CoreContext,
-  upload: { key: string; digest: Digest; size: number },
+  upload: { key: string; digest: Digest; size: number; synced?: boolean },
   record: (trx: Transaction<Database>) => Promise<void>,
 ): Promise<void> {
   await claimDigest(ctx, upload.key, upload.digest.value);
   try {
-    await ctx.store.commitUpload(upload.key, upload.digest, upload.size);
+    await ctx.store.commitUpload(upload.key, upload.digest, upload.size, {
+      synced: upload.synced ?? false,
+    });
     await ctx.db.transaction().execute(async (trx) => {
       await record(trx);
-      await trx.deleteFrom('blob_commits').where('storage_key', '=', upload.key).execute();
+      await deleteCommit.execute(trx, upload.key);
     });
   } catch (error) {
     // The blob's file, if C2 stored it, stays as an orphan for the next run.
-    await ctx.db
-      .deleteFrom('blob_commits')
-      .where('storage_key', '=', upload.key)
-      .execute()
+    await deleteCommit
+      .execute(ctx.db, upload.key)
       .catch((cleanupError: unknown) =>
         ctx.log.error(
           { err: cleanupError, digest: upload.digest.value, upload: upload.key },
@@ -93,25 +94,29 @@ export async function commitBlob(
   }
 }
 
+const selectTombstone = new PreparedQuery((db, digest: string) =>
+  db.selectFrom('blob_tombstones').select('digest').where('digest', '=', digest),
+);
+
+const upsertCommit = new PreparedQuery((db, key: string, digest: string, startedAt: number) =>
+  db
+    .insertInto('blob_commits')
+    .values({ storage_key: key, digest, started_at: startedAt })
+    .onConflict((oc) => oc.column('storage_key').doUpdateSet({ digest, started_at: startedAt })),
+);
+
+const deleteCommit = new PreparedQuery((db, key: string) =>
+  db.deleteFrom('blob_commits').where('storage_key', '=', key),
+);
+
 /** Step C1: records that `key` is committing `digest`, waiting out any tombstone. */
 async function claimDigest(ctx: CoreContext, key: string, digest: string): Promise<void> {
   const started = Date.now();
   for (let attempt = 0; ; attempt++) {
     const claimed = await ctx.db.transaction().execute(async (trx) => {
       await lockDigests(trx, ctx.dialect, [digest]);
-      const tombstone = await trx
-        .selectFrom('blob_tombstones')
-        .select('digest')
-        .where('digest', '=', digest)
-        .executeTakeFirst();
-      if (tombstone) return false;
-
-      const now = Date.now();
-      await trx
-        .insertInto('blob_commits')
-        .values({ storage_key: key, digest, started_at: now })
-        .onConflict((oc) => oc.column('storage_key').doUpdateSet({ digest, started_at: now }))
-        .execute();
+      if (await selectTombstone.first(trx, digest)) return false;
+      await upsertCommit.execute(trx, key, digest, Date.now());
       return true;
     });
 

@@ -1,5 +1,6 @@
 import type { Transaction } from 'kysely';
 
+import { PreparedQuery } from '../metadata/prepared.js';
 import type { Database } from '../metadata/schema.js';
 import { BlobNotFoundError, type BlobReader } from '../storage/types.js';
 import type { CoreContext } from './core.js';
@@ -83,18 +84,32 @@ export class Blobs {
   }
 }
 
+const upsertBlob = new PreparedQuery((db, digest: string, size: number, createdAt: number) =>
+  db
+    .insertInto('blobs')
+    .values({ digest, size, created_at: createdAt })
+    .onConflict((oc) => oc.column('digest').doUpdateSet({ digest }))
+    .returning('id'),
+);
+
+const upsertBlobLink = new PreparedQuery(
+  (db, repositoryId: number, blobId: number, createdAt: number) =>
+    db
+      .insertInto('repository_blobs')
+      .values({ repository_id: repositoryId, blob_id: blobId, created_at: createdAt })
+      .onConflict((oc) =>
+        oc.columns(['repository_id', 'blob_id']).doUpdateSet({ created_at: createdAt }),
+      ),
+);
+
 /** Records a stored blob (once, whatever the repository) and returns its row id. */
 export async function recordBlob(
   trx: Transaction<Database>,
   digest: string,
   size: number,
 ): Promise<number> {
-  const row = await trx
-    .insertInto('blobs')
-    .values({ digest, size, created_at: Date.now() })
-    .onConflict((oc) => oc.column('digest').doUpdateSet({ digest }))
-    .returning('id')
-    .executeTakeFirstOrThrow();
+  const row = await upsertBlob.first(trx, digest, size, Date.now());
+  if (row === undefined) throw new Error(`recording blob ${digest} returned no row`);
   return row.id;
 }
 
@@ -109,12 +124,7 @@ export async function linkBlob(
   repositoryId: number,
   blobId: number,
 ): Promise<void> {
-  const now = Date.now();
-  await trx
-    .insertInto('repository_blobs')
-    .values({ repository_id: repositoryId, blob_id: blobId, created_at: now })
-    .onConflict((oc) => oc.columns(['repository_id', 'blob_id']).doUpdateSet({ created_at: now }))
-    .execute();
+  await upsertBlobLink.execute(trx, repositoryId, blobId, Date.now());
 }
 
 function blobUnknown(repository: string, digest: string): RegistryError {

@@ -1,6 +1,7 @@
 import { randomUUID, type Hash } from 'node:crypto';
 
 import { commitBlob } from '../gc/tombstones.js';
+import { PreparedQuery } from '../metadata/prepared.js';
 import { UploadNotFoundError } from '../storage/types.js';
 import { linkBlob, recordBlob } from './blobs.js';
 import type { CoreContext } from './core.js';
@@ -32,6 +33,29 @@ export interface ChunkInput {
 
 const UPLOAD_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
+const insertSession = new PreparedQuery((db, id: string, repositoryId: number, now: number) =>
+  db.insertInto('uploads').values({
+    id,
+    repository_id: repositoryId,
+    offset: 0,
+    storage_key: id,
+    started_at: now,
+    updated_at: now,
+  }),
+);
+
+const selectSession = new PreparedQuery((db, id: string, repositoryId: number) =>
+  db
+    .selectFrom('uploads')
+    .selectAll()
+    .where('id', '=', id)
+    .where('repository_id', '=', repositoryId),
+);
+
+const deleteSession = new PreparedQuery((db, id: string) =>
+  db.deleteFrom('uploads').where('id', '=', id),
+);
+
 /** Hash states kept between the chunks of one upload; rebuilt from storage when missing. */
 const MAX_CACHED_HASHES = 1024;
 
@@ -48,31 +72,17 @@ export class Uploads {
 
   constructor(private readonly ctx: CoreContext) {}
 
-  /** Starts a session in the repository, creating the repository if needed. */
+  /**
+   * Starts a session in the repository, creating the repository if needed.
+   * Storage for its bytes comes with the first chunk.
+   */
   async start(repository: string): Promise<UploadSession> {
     const id = randomUUID();
-    await this.ctx.store.createUpload(id);
-
-    try {
-      const now = Date.now();
-      await this.ctx.db.transaction().execute(async (trx) => {
-        const repositoryId = await ensureRepository(trx, repository);
-        await trx
-          .insertInto('uploads')
-          .values({
-            id,
-            repository_id: repositoryId,
-            offset: 0,
-            storage_key: id,
-            started_at: now,
-            updated_at: now,
-          })
-          .execute();
-      });
-    } catch (error) {
-      await this.ctx.store.abortUpload(id);
-      throw error;
-    }
+    const now = Date.now();
+    await this.ctx.db.transaction().execute(async (trx) => {
+      const repositoryId = await ensureRepository(trx, repository);
+      await insertSession.execute(trx, id, repositoryId, now);
+    });
 
     this.ctx.log.debug({ repository, upload: id }, 'upload session started');
     return { id, repository, offset: 0 };
@@ -93,7 +103,22 @@ export class Uploads {
     return this.withLock(id, async () => {
       const row = await this.find(repository, id);
       const expected = expectedChunkLength(chunk, row.offset);
-      const offset = await this.write(row, chunk.body, expected);
+      const { offset, hash } = await this.receive(row, chunk.body, expected, false);
+
+      const updated = await this.ctx.db
+        .updateTable('uploads')
+        .set({ offset, updated_at: Date.now() })
+        .where('id', '=', row.id)
+        .where('offset', '=', row.offset)
+        .executeTakeFirst();
+      if (updated.numUpdatedRows === 0n) {
+        // Another process appended to this session at the same time.
+        this.hashes.delete(row.id);
+        throw new RegistryError('BLOB_UPLOAD_INVALID', 'upload was modified concurrently', {
+          status: 416,
+        });
+      }
+      this.rememberHash(row.id, offset, hash);
       return { id, repository, offset };
     });
   }
@@ -101,7 +126,9 @@ export class Uploads {
   /**
    * Completes a session: appends an optional last chunk, verifies the digest
    * of everything received, and stores the blob. A digest mismatch cancels
-   * the session and throws DIGEST_INVALID.
+   * the session and throws DIGEST_INVALID. The last chunk's offset is never
+   * recorded: the session ends with the commit, and if the commit fails the
+   * session stays as it was before this request.
    */
   async finalize(
     repository: string,
@@ -111,13 +138,17 @@ export class Uploads {
   ): Promise<{ digest: string; size: number }> {
     return this.withLock(id, async () => {
       const row = await this.find(repository, id);
-      let offset = row.offset;
+      let received: { offset: number; hash: Hash } | undefined;
       if (lastChunk) {
         const expected = expectedChunkLength(lastChunk, row.offset);
-        offset = await this.write(row, lastChunk.body, expected);
+        received = await this.receive(row, lastChunk.body, expected, true);
       }
+      const offset = received?.offset ?? row.offset;
 
-      const actual = await this.digestOf({ ...row, offset }, digest.algorithm);
+      const actual =
+        received && digest.algorithm === 'sha256'
+          ? `sha256:${received.hash.digest('hex')}`
+          : await this.digestOf({ ...row, offset }, digest.algorithm);
       if (actual !== digest.value) {
         await this.discard(row);
         verifyDigest(actual, digest, 'the upload was cancelled');
@@ -125,11 +156,11 @@ export class Uploads {
 
       // commitBlob keeps garbage collection from deleting the digest's file
       // between storing the bytes and recording the row.
-      const upload = { key: row.storage_key, digest, size: offset };
+      const upload = { key: row.storage_key, digest, size: offset, synced: received !== undefined };
       await commitBlob(this.ctx, upload, async (trx) => {
         const blobId = await recordBlob(trx, digest.value, offset);
         await linkBlob(trx, row.repository_id, blobId);
-        await trx.deleteFrom('uploads').where('id', '=', row.id).execute();
+        await deleteSession.execute(trx, row.id);
       });
       this.hashes.delete(id);
 
@@ -153,15 +184,15 @@ export class Uploads {
     length?: number,
   ): Promise<{ digest: string; size: number }> {
     const key = randomUUID();
-    await this.ctx.store.createUpload(key);
-
     let size: number;
     try {
       const hash = createDigestHash(digest.algorithm);
-      size = await this.ctx.store.appendUpload(key, 0, metered(body, hash, length));
+      size = await this.ctx.store.appendUpload(key, 0, metered(body, hash, length), {
+        sync: true,
+      });
       checkLength(size, length);
       verifyDigest(`${digest.algorithm}:${hash.digest('hex')}`, digest, 'the upload was discarded');
-      await commitBlob(this.ctx, { key, digest, size }, async (trx) => {
+      await commitBlob(this.ctx, { key, digest, size, synced: true }, async (trx) => {
         const repositoryId = await ensureRepository(trx, repository);
         const blobId = await recordBlob(trx, digest.value, size);
         await linkBlob(trx, repositoryId, blobId);
@@ -210,55 +241,36 @@ export class Uploads {
     const repositoryId = await findRepositoryId(this.ctx.db, repository);
     if (repositoryId === undefined) throw uploadUnknown(repository, id);
 
-    const row = await this.ctx.db
-      .selectFrom('uploads')
-      .selectAll()
-      .where('id', '=', id)
-      .where('repository_id', '=', repositoryId)
-      .executeTakeFirst();
+    const row = await selectSession.first(this.ctx.db, id, repositoryId);
     if (!row) throw uploadUnknown(repository, id);
     return row;
   }
 
-  /** Streams a body into the session at its offset; returns the new offset. */
-  private async write(
+  /**
+   * Streams a body into the session's storage at its offset, and returns the
+   * new offset with the SHA-256 state of all bytes up to it. Records nothing.
+   */
+  private async receive(
     row: { id: string; storage_key: string; offset: number },
     body: AsyncIterable<Uint8Array>,
     expectedLength: number | undefined,
-  ): Promise<number> {
-    const base = await this.hashAt(row, 'sha256');
-    const hash = base.copy();
-
+    sync: boolean,
+  ): Promise<{ offset: number; hash: Hash }> {
+    const hash = (await this.hashAt(row, 'sha256')).copy();
     let written: number;
     try {
       written = await this.ctx.store.appendUpload(
         row.storage_key,
         row.offset,
         metered(body, hash, expectedLength),
+        { sync },
       );
     } catch (error) {
       if (error instanceof UploadNotFoundError) throw uploadUnknown('', row.id);
       throw error;
     }
     checkLength(written, expectedLength);
-
-    const offset = row.offset + written;
-    const updated = await this.ctx.db
-      .updateTable('uploads')
-      .set({ offset, updated_at: Date.now() })
-      .where('id', '=', row.id)
-      .where('offset', '=', row.offset)
-      .executeTakeFirst();
-    if (updated.numUpdatedRows === 0n) {
-      // Another process appended to this session at the same time.
-      this.hashes.delete(row.id);
-      throw new RegistryError('BLOB_UPLOAD_INVALID', 'upload was modified concurrently', {
-        status: 416,
-      });
-    }
-
-    this.rememberHash(row.id, offset, hash);
-    return offset;
+    return { offset: row.offset + written, hash };
   }
 
   /** Returns the hash state of the session's first `offset` bytes. */
@@ -270,6 +282,7 @@ export class Uploads {
     if (algorithm === 'sha256' && cached && cached.offset === row.offset) return cached.hash;
 
     const hash = createDigestHash(algorithm);
+    if (row.offset === 0) return hash;
     let stream;
     try {
       stream = await this.ctx.store.readUpload(row.storage_key, row.offset);
@@ -307,7 +320,7 @@ export class Uploads {
   private async discard(row: { id: string; storage_key: string; repository_id: number }) {
     this.hashes.delete(row.id);
     await this.ctx.db.transaction().execute(async (trx) => {
-      await trx.deleteFrom('uploads').where('id', '=', row.id).execute();
+      await deleteSession.execute(trx, row.id);
       await deleteRepositoryIfEmpty(trx, row.repository_id);
     });
     await this.ctx.store.abortUpload(row.storage_key);

@@ -43,16 +43,21 @@ export interface BlobStore {
    */
   openReader(digest: Digest): Promise<BlobReader>;
 
-  /** Creates empty storage for a new upload. */
-  createUpload(key: string): Promise<void>;
-
   /**
    * Writes the source's bytes into an upload starting at offset, discarding any
-   * bytes a failed earlier append left beyond offset. Resolves with the number
-   * of bytes written; rejects, leaving the upload's committed offset valid, when
-   * the source fails.
+   * bytes a failed earlier append left beyond offset. An append at offset 0
+   * creates the upload's storage; a later one rejects with UploadNotFoundError
+   * when there is none. Resolves with the number of bytes written; rejects,
+   * leaving the upload's committed offset valid, when the source fails. With
+   * `sync`, the bytes are on disk when it resolves, so a commit right after
+   * need not flush them again.
    */
-  appendUpload(key: string, offset: number, source: AsyncIterable<Uint8Array>): Promise<number>;
+  appendUpload(
+    key: string,
+    offset: number,
+    source: AsyncIterable<Uint8Array>,
+    options?: { sync?: boolean },
+  ): Promise<number>;
 
   /** Reads an upload's data from the start up to (excluding) length. */
   readUpload(key: string, length: number): Promise<Readable>;
@@ -60,9 +65,15 @@ export interface BlobStore {
   /**
    * Makes an upload's first `length` bytes durable as the blob `digest`. The
    * caller has verified the digest. If the blob already exists, the upload's
-   * data is discarded instead (deduplication).
+   * data is discarded instead (deduplication). Pass `synced` only when the
+   * last append synced exactly `length` bytes, so they need no second flush.
    */
-  commitUpload(key: string, digest: Digest, length: number): Promise<CommitOutcome>;
+  commitUpload(
+    key: string,
+    digest: Digest,
+    length: number,
+    options?: { synced?: boolean },
+  ): Promise<CommitOutcome>;
 
   /** Removes an upload's data; a missing upload is not an error. */
   abortUpload(key: string): Promise<void>;
