@@ -120,6 +120,7 @@ try {
   );
   await collector.stop();
 } finally {
+  await store.close();
   await metadata.close();
   rmSync(dataDir, { recursive: true, force: true });
 }

@@ -71,6 +71,9 @@ export async function startRegistry(
     driver: config.database.driver,
     dataDir: config.dataDir,
     url: config.database.url,
+    backgroundCheckpoints: true,
+    onCheckpointError: (error) =>
+      log.error({ err: error }, 'background WAL checkpoints stopped; commits run them again'),
   });
 
   const auth = await createAuthServices(config, metadata, log);

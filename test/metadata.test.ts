@@ -3,8 +3,10 @@ import { mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import Database from 'better-sqlite3';
+import { sql } from 'kysely';
 
 import { openMetadataDb } from '../src/metadata/db.js';
 import { MIGRATIONS } from '../src/metadata/migrations.js';
@@ -37,6 +39,32 @@ describe('metadata database', () => {
       assert.ok(tables.includes(table), table);
     }
     db.close();
+  });
+
+  it('checkpoints the log in a background thread', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
+    const file = path.join(dataDir, 'mcr.db');
+    const errors: Error[] = [];
+    const handle = await openMetadataDb({
+      driver: 'sqlite',
+      dataDir,
+      backgroundCheckpoints: true,
+      onCheckpointError: (error) => errors.push(error),
+    });
+    const sizeBefore = statSync(file).size;
+
+    // About 2 MB of log, half of what makes a commit checkpoint on its own.
+    await sql`create table filler (x blob)`.execute(handle.db);
+    for (let i = 0; i < 8; i++) {
+      await sql`insert into filler values (randomblob(250000))`.execute(handle.db);
+    }
+    const deadline = Date.now() + 5000;
+    while (statSync(file).size < sizeBefore + 2_000_000 && Date.now() < deadline) {
+      await sleep(50);
+    }
+    assert.ok(statSync(file).size >= sizeBefore + 2_000_000, 'the database file took the log');
+    await handle.close();
+    assert.deepEqual(errors, []);
   });
 
   it('applies migrations once and records them', async () => {

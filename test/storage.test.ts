@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import { parseDigest } from '../src/registry/digest.js';
 import {
@@ -14,10 +15,14 @@ import {
 } from '../src/storage/index.js';
 import { sha256 } from './helpers/oci.js';
 
+/** Stores the tests opened, closed after them so that no directory handle is left open. */
+const stores: FilesystemBlobStore[] = [];
+
 async function newStore(): Promise<{ store: FilesystemBlobStore; root: string }> {
   const root = mkdtempSync(path.join(tmpdir(), 'mcr-store-'));
   const store = new FilesystemBlobStore(root);
   await store.init();
+  stores.push(store);
   return { store, root };
 }
 
@@ -27,7 +32,25 @@ async function collect(stream: Readable): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
+/** Lists what this process's open descriptors point to under `root`, deleted ones marked. */
+function openDirectoryLinks(root: string): string[] {
+  const links: string[] = [];
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const target = readlinkSync(`/proc/self/fd/${fd}`);
+      if (target.startsWith(root)) links.push(target);
+    } catch {
+      // The descriptor closed while listing.
+    }
+  }
+  return links.sort();
+}
+
 describe('filesystem blob store', () => {
+  after(async () => {
+    await Promise.all(stores.map((store) => store.close()));
+  });
+
   it('appends, commits by rename into the content-addressed path, and reads ranges', async () => {
     const { store, root } = await newStore();
     const data = randomBytes(200_000);
@@ -127,6 +150,26 @@ describe('filesystem blob store', () => {
     await store.appendUpload('t', 0, Readable.from([other]));
     assert.equal(await store.commitUpload('t', parseDigest(sha256(other)), other.length), 'stored');
     assert.equal(readdirSync(path.dirname(file)).length, 2);
+  });
+
+  it('syncs a blob directory re-created after deletion', async () => {
+    const { store, root } = await newStore();
+    const first = Buffer.from('first blob');
+    const digest = parseDigest(sha256(first));
+    const directory = path.join(root, 'blobs', 'sha256', digest.hex.slice(0, 2));
+    await store.appendUpload('d1', 0, Readable.from([first]), { sync: true });
+    await store.commitUpload('d1', digest, first.length, { synced: true });
+    assert.deepEqual(openDirectoryLinks(root), [directory]);
+
+    // An operator deletes the directory; the next blob in it re-creates it.
+    rmSync(directory, { recursive: true });
+    await store.appendUpload('d2', 0, Readable.from([first]), { sync: true });
+    await store.commitUpload('d2', digest, first.length, { synced: true });
+    const deadline = Date.now() + 2000;
+    while (openDirectoryLinks(root).length > 1 && Date.now() < deadline) await sleep(10);
+    assert.deepEqual(openDirectoryLinks(root), [directory]);
+    await store.close();
+    assert.deepEqual(openDirectoryLinks(root), []);
   });
 
   it('commits a missing upload only when empty', async () => {

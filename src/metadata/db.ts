@@ -1,5 +1,6 @@
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
+import { Worker } from 'node:worker_threads';
 
 import SqliteDatabase from 'better-sqlite3';
 import {
@@ -37,19 +38,26 @@ export interface OpenOptions {
   dataDir: string;
   /** PostgreSQL connection URL. */
   url?: string;
+  /**
+   * Checkpoints SQLite's write-ahead log in a worker thread, so that no
+   * commit on the event loop waits for a checkpoint's writes and fsyncs.
+   * For the server; a short-lived command needs no thread.
+   */
+  backgroundCheckpoints?: boolean;
+  /** Called when background checkpoints fail and commits take them over again. */
+  onCheckpointError?: (error: Error) => void;
 }
 
 /** Opens the metadata database and brings its schema up to date. */
 export async function openMetadataDb(options: OpenOptions): Promise<MetadataDb> {
   const handle =
-    options.driver === 'sqlite'
-      ? openSqlite(options.dataDir)
-      : await openPostgres(options.url ?? '');
+    options.driver === 'sqlite' ? await openSqlite(options) : await openPostgres(options.url ?? '');
   await migrate(handle.db, handle.dialect);
   return handle;
 }
 
-function openSqlite(dataDir: string): MetadataDb {
+async function openSqlite(options: OpenOptions): Promise<MetadataDb> {
+  const { dataDir } = options;
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const file = path.join(dataDir, 'mcr.db');
 
@@ -61,6 +69,16 @@ function openSqlite(dataDir: string): MetadataDb {
   sqlite.pragma('synchronous = NORMAL');
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
+
+  let checkpointer: { stop(): Promise<void> } | undefined;
+  if (options.backgroundCheckpoints) {
+    try {
+      checkpointer = await startCheckpointer(file, sqlite, options.onCheckpointError);
+    } catch (error) {
+      // Commits keep checkpointing, as they do without the thread.
+      options.onCheckpointError?.(error as Error);
+    }
+  }
 
   const connection = withStatementCache(sqlite);
   const db = new Kysely<Database>({
@@ -75,7 +93,64 @@ function openSqlite(dataDir: string): MetadataDb {
     sqlitePath: file,
     changeCounter: () => connection.writes + (dataVersion.get() as number),
     externalChangeCounter: () => dataVersion.get() as number,
-    close: () => db.destroy(),
+    close: async () => {
+      await checkpointer?.stop();
+      await db.destroy();
+    },
+  };
+}
+
+/** Automatic checkpoints of the event loop's connection, in pages of log (SQLite's default). */
+const AUTOCHECKPOINT_PAGES = 1000;
+
+/** How long a stopping checkpoint thread may take before it is terminated. */
+const CHECKPOINT_STOP_MS = 5000;
+
+/**
+ * Starts the checkpoint thread (checkpoint-worker.ts) and turns off the
+ * connection's automatic checkpoints once it runs. If the thread fails, the
+ * connection checkpoints in its commits again.
+ */
+async function startCheckpointer(
+  file: string,
+  sqlite: SqliteDatabase.Database,
+  onError: ((error: Error) => void) | undefined,
+): Promise<{ stop(): Promise<void> }> {
+  const worker = new Worker(new URL('./checkpoint-worker.js', import.meta.url), {
+    workerData: { file },
+  });
+  worker.unref();
+  const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+  let stopping = false;
+
+  const fail = (error: Error) => {
+    if (stopping) return;
+    stopping = true;
+    sqlite.pragma(`wal_autocheckpoint = ${AUTOCHECKPOINT_PAGES}`);
+    void worker.terminate();
+    onError?.(error);
+  };
+
+  await new Promise<void>((resolve, reject) => {
+    worker.once('error', reject);
+    worker.once('message', () => resolve());
+  });
+  sqlite.pragma('wal_autocheckpoint = 0');
+  worker.on('error', fail);
+  worker.on('message', (message: { type: string; message?: string }) => {
+    if (message.type === 'error') fail(new Error(`WAL checkpoint failed: ${message.message}`));
+  });
+  worker.once('exit', (code) => fail(new Error(`checkpoint thread exited with code ${code}`)));
+
+  return {
+    async stop() {
+      if (stopping) return exited;
+      stopping = true;
+      worker.postMessage('stop');
+      const timer = setTimeout(() => void worker.terminate(), CHECKPOINT_STOP_MS);
+      await exited;
+      clearTimeout(timer);
+    },
   };
 }
 

@@ -189,7 +189,7 @@ export class FilesystemBlobStore implements BlobStore {
     }
 
     if (!options.synced) await syncUpload(source, key, length);
-    await renameCreatingDirectory(source, target);
+    await this.renameCreatingDirectory(source, target);
     await this.syncBlobDirectory(path.dirname(target));
     return 'stored';
   }
@@ -205,6 +205,44 @@ export class FilesystemBlobStore implements BlobStore {
           () => undefined,
         ),
       ),
+    );
+  }
+
+  /**
+   * Renames `source` to `target`, creating the target's directory when it is
+   * missing. mcr removes no blob directory, so only the first blob of a
+   * directory, or one whose directory was deleted by hand, needs the second
+   * attempt.
+   */
+  private async renameCreatingDirectory(source: string, target: string): Promise<void> {
+    try {
+      await rename(source, target);
+      return;
+    } catch (error) {
+      if (!isNotFound(error) || !(await exists(source))) throw error;
+    }
+    const directory = path.dirname(target);
+    await mkdir(directory, { recursive: true, mode: 0o700 });
+    // A handle kept open on a directory deleted by hand refers to the deleted
+    // one; syncing it would not flush renames into the new directory.
+    // NOTE: a commit that renamed into the new directory while this one was
+    // still in mkdir may sync the old handle once.
+    this.forgetDirectory(directory);
+    // The entries of the new directories must reach the disk too: the prefix
+    // directory, and the algorithm's directory when this is its first blob.
+    await syncDirectory(path.dirname(directory));
+    await syncDirectory(path.dirname(path.dirname(directory)));
+    await rename(source, target);
+  }
+
+  /** Closes the kept handle of a directory, once the operations in progress on it end. */
+  private forgetDirectory(directory: string): void {
+    const handle = this.directories.get(directory);
+    if (handle === undefined) return;
+    this.directories.delete(directory);
+    handle.then(
+      (opened) => opened.close().catch(() => undefined),
+      () => undefined,
     );
   }
 
@@ -319,27 +357,6 @@ async function syncUpload(file: string, key: string, length: number): Promise<vo
   } finally {
     await handle.close();
   }
-}
-
-/**
- * Renames `source` to `target`, creating the target's directory when it is
- * missing. mcr removes no blob directory, so only the first blob of a
- * directory needs the second attempt.
- */
-async function renameCreatingDirectory(source: string, target: string): Promise<void> {
-  try {
-    await rename(source, target);
-    return;
-  } catch (error) {
-    if (!isNotFound(error) || !(await exists(source))) throw error;
-  }
-  const directory = path.dirname(target);
-  await mkdir(directory, { recursive: true, mode: 0o700 });
-  // The entries of the new directories must reach the disk too: the prefix
-  // directory, and the algorithm's directory when this is its first blob.
-  await syncDirectory(path.dirname(directory));
-  await syncDirectory(path.dirname(path.dirname(directory)));
-  await rename(source, target);
 }
 
 async function syncDirectory(directory: string): Promise<void> {
