@@ -6,6 +6,7 @@ import type { Metrics } from '../../metrics/index.js';
 import { RegistryError } from '../../registry/errors.js';
 import { unauthorized, type AuthDeps } from '../auth.js';
 import type { Registry } from '../../registry/index.js';
+import { releaseReceivedChunks } from '../chunk-collection.js';
 
 /** Dependencies shared by the /v2/ handlers. */
 export interface V2Deps {
@@ -158,5 +159,6 @@ export async function* countReceived(
   for await (const chunk of body) {
     metrics.blobBytesReceived(chunk.length);
     yield chunk;
+    releaseReceivedChunks(chunk.length);
   }
 }
