@@ -9,7 +9,7 @@ function repositoryFile(name: string): string {
   return readFileSync(new URL(`../../${name}`, import.meta.url), 'utf8');
 }
 
-/** The line of `text` that contains `marker`. */
+/** Returns the line of `text` that contains `marker`. */
 function lineWith(text: string, marker: string): string {
   const line = text.split('\n').find((candidate) => candidate.includes(marker));
   assert.ok(line !== undefined, `no line contains ${marker}`);
@@ -35,7 +35,7 @@ describe('launchers', () => {
     });
   }
 
-  it('the systemd unit and the Dockerfile pass the flags to node itself', () => {
+  it('service and image pass the flags to node', () => {
     const execStart = lineWith(repositoryFile('packaging/mcr.service'), 'ExecStart=');
     const entrypoint = lineWith(repositoryFile('packaging/Dockerfile'), 'ENTRYPOINT');
     for (const flag of MCR_NODE_FLAGS) {

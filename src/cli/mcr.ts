@@ -1,4 +1,4 @@
-#!/usr/bin/env -S UV_THREADPOOL_SIZE=16 node --max-semi-space-size=4 --expose-gc
+#!/usr/bin/env -S UV_THREADPOOL_SIZE=16 node --max-semi-space-size=2 --expose-gc
 import { Command } from 'commander';
 
 import { startRegistry } from '../app.js';

@@ -17,7 +17,7 @@ export const MCR_ENTRY = path.resolve(
  * memory-saving mode keep resident memory low. 16 libuv threads let
  * concurrent uploads wait on fsync together instead of four at a time.
  */
-export const MCR_NODE_FLAGS = ['--max-semi-space-size=4', '--expose-gc'];
+export const MCR_NODE_FLAGS = ['--max-semi-space-size=2', '--expose-gc'];
 export const MCR_NODE_ENV = { UV_THREADPOOL_SIZE: '16' };
 
 /** The first admin account every test server starts with. */
