@@ -252,7 +252,10 @@ export class FilesystemBlobStore implements BlobStore {
       if (this.directories.size >= MAX_OPEN_DIRECTORIES) return syncDirectory(directory);
       handle = open(directory, constants.O_RDONLY);
       this.directories.set(directory, handle);
-      handle.catch(() => this.directories.delete(directory));
+      const opening = handle;
+      opening.catch(() => {
+        if (this.directories.get(directory) === opening) this.directories.delete(directory);
+      });
     }
     await (await handle).sync();
   }
