@@ -1,8 +1,10 @@
 // Two mcr processes on one data directory, as when an operator runs a second
 // instance on the same SQLite database. Each process remembers verified
 // credentials. A change made through one process must take effect at the
-// other's next request, not when its remembered entry expires.
+// other's next request, not when its remembered entry expires. An upload
+// session must continue on either process.
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -15,6 +17,7 @@ import {
   startServer,
   type TestServer,
 } from './helpers/server.js';
+import { sha256 } from './helpers/oci.js';
 
 let first: TestServer;
 let second: TestServer;
@@ -107,5 +110,67 @@ describe('credentials remembered by another process', () => {
     }
     assert.equal(await statusAt(second, 'mp-hash', 'mp-hash-password'), 401);
     assert.equal(await statusAt(second, 'mp-hash', ADMIN_PASSWORD), 200);
+  });
+});
+
+describe('upload sessions across processes', () => {
+  /** Sends an upload request to `server` and returns the response, checking its status. */
+  async function send(
+    server: TestServer,
+    target: string,
+    init: RequestInit,
+    status: number,
+  ): Promise<Response> {
+    const response = await server.fetch(target, init);
+    assert.equal(response.status, status, await response.clone().text());
+    return response;
+  }
+
+  it('continue chunks on either process', async () => {
+    const data = randomBytes(300_000);
+    const digest = sha256(data);
+    const started = await send(first, '/v2/cross/chunked/blobs/uploads/', { method: 'POST' }, 202);
+    let location = started.headers.get('location') ?? '';
+
+    // Chunks alternate between the processes; the first one creates the upload's file.
+    const servers = [second, first];
+    for (let part = 0; part < 2; part++) {
+      const chunk = data.subarray(part * 100_000, (part + 1) * 100_000);
+      const patched = await send(
+        servers[part]!,
+        location,
+        {
+          method: 'PATCH',
+          headers: { 'content-range': `${part * 100_000}-${(part + 1) * 100_000 - 1}` },
+          body: chunk,
+        },
+        202,
+      );
+      location = patched.headers.get('location') ?? '';
+    }
+    const finalUrl = `${location}${location.includes('?') ? '&' : '?'}digest=${digest}`;
+    await send(second, finalUrl, { method: 'PUT', body: data.subarray(200_000) }, 201);
+
+    const blob = await send(first, `/v2/cross/chunked/blobs/${digest}`, {}, 200);
+    assert.deepEqual(Buffer.from(await blob.arrayBuffer()), data);
+  });
+
+  it('finish with a PUT elsewhere', async () => {
+    const data = randomBytes(4096);
+    const digest = sha256(data);
+    const started = await send(first, '/v2/cross/small/blobs/uploads/', { method: 'POST' }, 202);
+    const location = started.headers.get('location') ?? '';
+    await send(
+      second,
+      `${location}${location.includes('?') ? '&' : '?'}digest=${digest}`,
+      {
+        method: 'PUT',
+        body: data,
+      },
+      201,
+    );
+
+    const blob = await send(first, `/v2/cross/small/blobs/${digest}`, {}, 200);
+    assert.deepEqual(Buffer.from(await blob.arrayBuffer()), data);
   });
 });
