@@ -153,6 +153,25 @@ function printTable(header: string[], rows: string[][]): void {
   for (const row of rows) console.log(line(row));
 }
 
+/** The image skopeo pushes in each repetition, built before the first. */
+const images: Array<{ source: string; digest: string }> = [];
+
+const allWorkloads: Array<[string, Workload]> = [
+  ['big blob', (target, rep) => runBigBlob(target, sizes, rep + 1, `bench/big-r${rep}`)],
+  ['small blobs', (target, rep) => runSmallBlobs(target, sizes, rep, `bench/small-r${rep}`)],
+  ['manifest load', (target, rep) => runManifestLoad(target, sizes, rep, `bench/load-r${rep}`)],
+  ['tags', (target, rep) => runTags(target, sizes, rep, `bench/tags-r${rep}`)],
+  ['catalog', (target) => runCatalogWalk(target, sizes)],
+  ['skopeo', (target, rep) => runSkopeo(target, images[rep]!, sandbox, `bench/skopeo-r${rep}`)],
+];
+const workloads = allWorkloads.filter(([label]) => only === undefined || only.includes(label));
+// Checked before anything starts, so that a wrong label leaves no server running.
+if (workloads.length === 0) {
+  const labels = allWorkloads.map(([label]) => label).join(', ');
+  throw new Error(`--only names no workload; the labels are: ${labels}`);
+}
+const selected = (label: string) => workloads.some(([name]) => name === label);
+
 const workDir = mkdtempSync(path.join(tmpdir(), 'mcr-bench-'));
 const sandbox = createClientSandbox(path.join(workDir, 'clients'));
 const mcr = await startServer();
@@ -186,33 +205,19 @@ const pids = new Map([
 const results = new Map<string, Map<string, number[]>>(targets.map((t) => [t.name, new Map()]));
 const ceilings = { sha256: [] as number[], ingest: [] as number[] };
 
-const allWorkloads: Array<[string, Workload]> = [
-  ['big blob', (target, rep) => runBigBlob(target, sizes, rep + 1, `bench/big-r${rep}`)],
-  ['small blobs', (target, rep) => runSmallBlobs(target, sizes, rep, `bench/small-r${rep}`)],
-  ['manifest load', (target, rep) => runManifestLoad(target, sizes, rep, `bench/load-r${rep}`)],
-  ['tags', (target, rep) => runTags(target, sizes, rep, `bench/tags-r${rep}`)],
-  ['catalog', (target) => runCatalogWalk(target, sizes)],
-  ['skopeo', (target, rep) => runSkopeo(target, images[rep]!, sandbox, `bench/skopeo-r${rep}`)],
-];
-const workloads = allWorkloads.filter(([label]) => only === undefined || only.includes(label));
-if (workloads.length === 0) {
-  throw new Error(`--only names no workload; they are: ${allWorkloads.map(([l]) => l).join(', ')}`);
-}
-const runs = (label: string) => workloads.some(([l]) => l === label);
-
-/** The image skopeo pushes in each repetition, built before the first. */
-const images: Array<{ source: string; digest: string }> = [];
-
 const startedAt = Date.now();
 try {
-  for (let rep = 0; rep < reps && runs('skopeo'); rep++) {
-    console.error(`setup: building skopeo image ${rep + 1}/${reps}`);
-    images.push(await buildSkopeoImage(workDir, sizes, rep));
+  if (selected('skopeo')) {
+    for (let rep = 0; rep < reps; rep++) {
+      console.error(`setup: building skopeo image ${rep + 1}/${reps}`);
+      images.push(await buildSkopeoImage(workDir, sizes, rep));
+    }
   }
-  for (const target of targets) {
-    if (!runs('catalog')) break;
-    console.error(`setup: creating ${sizes.repositories} repositories on ${target.name}`);
-    await createRepositories(target, sizes);
+  if (selected('catalog')) {
+    for (const target of targets) {
+      console.error(`setup: creating ${sizes.repositories} repositories on ${target.name}`);
+      await createRepositories(target, sizes);
+    }
   }
 
   for (let rep = 0; rep < reps; rep++) {
@@ -230,7 +235,7 @@ try {
         }
       }
     }
-    if (runs('big blob')) {
+    if (selected('big blob')) {
       ceilings.sha256.push(measureSha256(sizes.bigBlobBytes));
       ceilings.ingest.push(await measureIngest(ingest, sizes.bigBlobBytes, 1000 + rep));
     }
@@ -277,7 +282,7 @@ const rows = measured.map((spec) => {
 });
 printTable(['figure', 'unit', 'mcr', 'reference', 'mcr/ref', 'target', ''], rows);
 
-if (runs('big blob')) {
+if (selected('big blob')) {
   console.log('');
   const sha = median(ceilings.sha256);
   const ingestRate = median(ceilings.ingest);
