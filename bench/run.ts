@@ -168,7 +168,9 @@ const workloads = allWorkloads.filter(([label]) => only === undefined || only.in
 // Checked before anything starts, so that a wrong label leaves no server running.
 if (workloads.length === 0) {
   const labels = allWorkloads.map(([label]) => label).join(', ');
-  throw new Error(`--only names no workload; the labels are: ${labels}`);
+  throw new Error(
+    `invalid --only value "${only?.join(',')}": it names no workload; give one or more of ${labels}, separated by commas`,
+  );
 }
 const selected = (label: string) => workloads.some(([name]) => name === label);
 
