@@ -67,6 +67,25 @@ describe('metadata database', () => {
     assert.deepEqual(errors, []);
   });
 
+  it('bounds the log under steady writes', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
+    const wal = path.join(dataDir, 'mcr.db-wal');
+    const handle = await openMetadataDb({ driver: 'sqlite', dataDir, backgroundCheckpoints: true });
+    await sql`create table filler (x blob)`.execute(handle.db);
+
+    // About 48 MB of log in commits of 8 KB, with no pause in which a
+    // background checkpoint could catch up with the writes.
+    let largest = 0;
+    for (let i = 0; i < 6000; i++) {
+      await sql`insert into filler values (randomblob(8000))`.execute(handle.db);
+      if (i % 500 === 0) largest = Math.max(largest, statSync(wal).size);
+    }
+    largest = Math.max(largest, statSync(wal).size);
+    await handle.close();
+    // 4,000 pages of 4 KiB with their frame headers, and the commit that passed them.
+    assert.ok(largest < 20_000_000, `log reached ${largest} bytes`);
+  });
+
   it('applies migrations once and records them', async () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
     for (let run = 0; run < 3; run++) {
