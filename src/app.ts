@@ -112,6 +112,7 @@ export async function startRegistry(
     log,
     externalUrl: config.server.external_url,
     https,
+    onRequestArrival: metadata.forgetDataVersion,
   });
   const gc = new GarbageCollector({
     db: metadata.db,

@@ -116,6 +116,37 @@ describe('metadata database', () => {
     );
     await handle.close();
   });
+
+  it('rereads data_version after a request or a turn', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
+    const handle = await openMetadataDb({ driver: 'sqlite', dataDir });
+    const other = new Database(path.join(dataDir, 'mcr.db'));
+    const commitElsewhere = (name: string) =>
+      other.prepare('insert into repositories (name, created_at) values (?, 0)').run(name);
+    try {
+      const counter = handle.externalChangeCounter!;
+      const first = counter();
+      const firstWithOwnWrites = handle.changeCounter!();
+
+      // Within one turn of the event loop, the value read first is kept.
+      commitElsewhere('one');
+      assert.equal(counter(), first);
+      assert.equal(handle.changeCounter!(), firstWithOwnWrites);
+
+      // A request arriving makes the next read see the commit.
+      handle.forgetDataVersion!();
+      const second = counter();
+      assert.notEqual(second, first);
+
+      // So does the next turn of the event loop.
+      commitElsewhere('two');
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.notEqual(counter(), second);
+    } finally {
+      other.close();
+      await handle.close();
+    }
+  });
 });
 
 describe('prepared queries', () => {

@@ -60,6 +60,8 @@ export interface ServerOptions {
   log: Logger;
   externalUrl: string;
   https?: { cert: Buffer; key: Buffer };
+  /** Called as each request arrives, before its hooks and handler run. */
+  onRequestArrival?: () => void;
 }
 
 /**
@@ -107,6 +109,7 @@ export function buildServer(options: ServerOptions): FastifyInstance {
   });
 
   app.addHook('onRequest', async (_request, reply) => {
+    options.onRequestArrival?.();
     reply.header('Docker-Distribution-API-Version', 'registry/2.0');
   });
 
