@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 
+import { PreparedQuery } from '../metadata/prepared.js';
 import { MAX_PAGE_SIZE, type CoreContext } from './core.js';
 import { RegistryError } from './errors.js';
 import { MEDIA_TYPES } from './media-types.js';
@@ -27,6 +28,30 @@ export interface ReferrersIndex {
 
 /** Tag lists, the catalog and referrers: the read-only listings of the API. */
 export class Listings {
+  /**
+   * The two queries of a tag walk in pages, compiled once: the first page,
+   * and a page after `last`. Each asks for one row more than the page holds,
+   * to tell whether another page follows.
+   */
+  private readonly firstTagPage = new PreparedQuery((db, repositoryId: number, rows: number) =>
+    db
+      .selectFrom('tags')
+      .select('name')
+      .where('repository_id', '=', repositoryId)
+      .orderBy(this.byteOrder('name'))
+      .limit(rows),
+  );
+  private readonly nextTagPage = new PreparedQuery(
+    (db, repositoryId: number, last: string, rows: number) =>
+      db
+        .selectFrom('tags')
+        .select('name')
+        .where('repository_id', '=', repositoryId)
+        .where(this.byteOrder('name'), '>', last)
+        .orderBy(this.byteOrder('name'))
+        .limit(rows),
+  );
+
   constructor(private readonly ctx: CoreContext) {}
 
   /** Lists a repository's tags in lexical (byte) order after `last`. */
@@ -43,16 +68,25 @@ export class Listings {
     }
     if (limit === 0) return { items: [] };
 
+    if (limit !== undefined) {
+      const rows =
+        last === undefined
+          ? await this.firstTagPage.execute(this.ctx.db, repositoryId, limit + 1)
+          : await this.nextTagPage.execute(this.ctx.db, repositoryId, last, limit + 1);
+      return paginate(
+        rows.rows.map((row) => row.name),
+        limit,
+      );
+    }
+
     let query = this.ctx.db
       .selectFrom('tags')
       .select('name')
       .where('repository_id', '=', repositoryId)
       .orderBy(this.byteOrder('name'));
     if (last !== undefined) query = query.where(this.byteOrder('name'), '>', last);
-    if (limit !== undefined) query = query.limit(limit + 1);
-
     const names = (await query.execute()).map((row) => row.name);
-    return paginate(names, limit);
+    return { items: names };
   }
 
   /**
