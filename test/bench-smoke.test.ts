@@ -32,6 +32,8 @@ const ROWS = [
   'SHA-256, one core',
   'node:http receive+hash+write',
   'mcr monolithic push / that ceiling',
+  'node:http, one GET per page of the tag walk',
+  'mcr tag walk / that floor',
 ];
 
 function runQuickBench(): Promise<{ code: number | null; stdout: string; stderr: string }> {

@@ -1,5 +1,6 @@
 // Machine ceilings measured in the same run as the registries: SHA-256 speed
-// of one core and the push rate of a minimal receive-hash-write server.
+// of one core, the push rate of a minimal receive-hash-write server, and the
+// time of sequential page requests to that server.
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
@@ -75,4 +76,18 @@ export async function measureIngest(
     body: blob.stream(),
   });
   return bytes / MiB / ((performance.now() - start) / 1000);
+}
+
+/**
+ * Sends `pages` sequential GETs to the ingest server over one keep-alive
+ * connection and returns the time in ms. The server returns a fixed page of
+ * 100 tags, so this is the floor of a paged tag walk with this client and
+ * node:http.
+ */
+export async function measurePageWalk(server: IngestServer, pages: number): Promise<number> {
+  const start = performance.now();
+  for (let page = 0; page < pages; page++) {
+    await expectStatus([200], server.target, '/v2/bench/tags/tags/list?n=100');
+  }
+  return performance.now() - start;
 }

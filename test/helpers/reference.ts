@@ -12,6 +12,8 @@ export const REFERENCE_BINARY = '/usr/bin/docker-registry';
 export interface ReferenceServer {
   /** Base URL, for example http://127.0.0.1:41234 */
   url: string;
+  /** Directory of the filesystem storage driver. */
+  storageDir: string;
   /** Output the registry printed so far (stdout and stderr together). */
   output(): string;
   /** Stops the registry with SIGTERM, waits for it to exit and removes its directory. */
@@ -100,5 +102,5 @@ export async function startReference(): Promise<ReferenceServer> {
     await sleep(50);
   }
 
-  return { url, output: () => output, stop };
+  return { url, storageDir: path.join(dir, 'storage'), output: () => output, stop };
 }
