@@ -1,4 +1,4 @@
-#!/usr/bin/env -S UV_THREADPOOL_SIZE=16 node --max-semi-space-size=2 --expose-gc
+#!/usr/bin/env -S UV_THREADPOOL_SIZE=16 MALLOC_ARENA_MAX=2 node --max-semi-space-size=2 --expose-gc
 import { Command } from 'commander';
 
 import { startRegistry } from '../app.js';
