@@ -1,9 +1,9 @@
 // A minimal node:http server that receives a request body, hashes it with
 // SHA-256 and writes it to a file: the ceiling for a blob push on this
 // machine. It responds to a GET with a fixed page of 100 tag names, as the
-// floor for a walk in pages. bench/run.ts starts it as a child process with a directory as
-// the only argument, reads the port from the first line of stdout, and stops
-// it with SIGTERM.
+// floor for a walk in pages. bench/run.ts starts it as a child process with
+// a directory as the only argument, reads the port from the first line of
+// stdout, and stops it with SIGTERM.
 import { createHash } from 'node:crypto';
 import { createWriteStream, rmSync } from 'node:fs';
 import http from 'node:http';

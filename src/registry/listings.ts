@@ -30,7 +30,7 @@ export interface ReferrersIndex {
 export class Listings {
   /**
    * The two queries of a tag walk in pages, compiled once: the first page,
-   * and a page after `last`. Each asks for one row more than the page holds,
+   * and a page after `last`. Each selects one row more than the page holds,
    * to tell whether another page follows.
    */
   private readonly firstTagPage = new PreparedQuery((db, repositoryId: number, rows: number) =>
