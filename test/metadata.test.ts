@@ -11,6 +11,7 @@ import { sql } from 'kysely';
 import { openMetadataDb } from '../src/metadata/db.js';
 import { MIGRATIONS } from '../src/metadata/migrations.js';
 import { PreparedQuery } from '../src/metadata/prepared.js';
+import { selectManifestByDigest, selectManifestByTag } from '../src/registry/manifests.js';
 
 describe('metadata database', () => {
   it('creates the SQLite file 0600 with WAL and foreign keys', async () => {
@@ -193,6 +194,37 @@ describe('prepared queries', () => {
       );
       await assert.rejects(unbound.first(handle.db, 'team/one', 1), /binds 1 of its 2 arguments/);
     } finally {
+      await handle.close();
+    }
+  });
+});
+
+describe('query plans', () => {
+  it('finds manifests through indexes only', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
+    const handle = await openMetadataDb({ driver: 'sqlite', dataDir });
+    const sqlite = new Database(path.join(dataDir, 'mcr.db'), { readonly: true });
+    try {
+      for (const [name, query] of [
+        ['by tag', selectManifestByTag],
+        ['by digest', selectManifestByDigest],
+      ] as const) {
+        const plan = sqlite
+          .prepare(`explain query plan ${query.sql(handle.db)}`)
+          .all('repository', 'reference') as Array<{ detail: string }>;
+        const steps = plan.map((row) => row.detail);
+        // A SCAN reads a whole table; every step must be an index SEARCH.
+        for (const step of steps) assert.match(step, /^SEARCH /, `${name}: ${steps.join('; ')}`);
+      }
+      const byTag = sqlite
+        .prepare(`explain query plan ${selectManifestByTag.sql(handle.db)}`)
+        .all('repository', 'reference') as Array<{ detail: string }>;
+      assert.ok(
+        byTag.some((row) => /^SEARCH tags .*\(repository_id=\? AND name=\?\)/.test(row.detail)),
+        `tags are not found by repository and name: ${byTag.map((row) => row.detail).join('; ')}`,
+      );
+    } finally {
+      sqlite.close();
       await handle.close();
     }
   });

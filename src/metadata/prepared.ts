@@ -35,6 +35,14 @@ export class PreparedQuery<Args extends unknown[], Row> {
     return db.executeQuery<Row>(CompiledQuery.raw(compiled.sql, parameters) as CompiledQuery<Row>);
   }
 
+  /** Returns the SQL this query runs on `db`, for inspecting its query plan. */
+  sql(db: Kysely<Database>): string {
+    return (
+      this.compiled.get(db.getExecutor().adapter)?.sql ??
+      this.compile(db, this.build.length - 1).sql
+    );
+  }
+
   /** Runs the query and returns its first row, if any. */
   async first(db: Kysely<Database>, ...args: Args): Promise<Row | undefined> {
     return (await this.execute(db, ...args)).rows[0];
