@@ -80,6 +80,8 @@ export class Authenticator {
     { account: Account; expiresAt: number; checked: number | undefined }
   >();
   private readonly inFlight = new Map<string, Promise<Principal>>();
+  /** Calls of forgetAccount so far, so that a login verified across one is not remembered. */
+  private localChanges = 0;
   private readonly queues = new Map<string, Promise<unknown>>();
 
   constructor(
@@ -130,6 +132,11 @@ export class Authenticator {
     const cached = await this.remembered(cacheKey, secret);
     if (cached) return cached;
 
+    // Read before the account is read, so that a change committed during the
+    // verification leaves the counters different from what the entry records.
+    const checked = this.externalChanges?.();
+    const localChanges = this.localChanges;
+
     try {
       await this.throttle.check(username, address);
     } catch (error) {
@@ -171,13 +178,16 @@ export class Authenticator {
       outcome: 'success',
       details: { method: principal.method },
     });
-    if (this.cache.size >= CREDENTIAL_CACHE_MAX) this.cache.clear();
     const { passwordHash, ...verified } = principal;
+    // An account changed in this process during the verification is not
+    // remembered: forgetAccount ran before there was an entry to drop.
+    if (this.localChanges !== localChanges) return verified;
+    if (this.cache.size >= CREDENTIAL_CACHE_MAX) this.cache.clear();
     this.cache.set(cacheKey, {
       principal: verified,
       passwordHash,
       expiresAt: loginExpiry(verified),
-      checked: this.externalChanges?.(),
+      checked,
     });
     return verified;
   }
@@ -247,6 +257,7 @@ export class Authenticator {
 
   /** Drops every remembered login of an account (after it is changed or a token revoked). */
   forgetAccount(accountId: number): void {
+    this.localChanges += 1;
     for (const [key, entry] of this.cache) {
       if (entry.principal.account.id === accountId) this.cache.delete(key);
     }
@@ -263,11 +274,13 @@ export class Authenticator {
     const entry = this.tokenAccounts.get(username);
     const changes = this.externalChanges?.();
     if (entry && entry.expiresAt > Date.now() && entry.checked === changes) return entry.account;
+    const localChanges = this.localChanges;
     const account = await this.accounts.findByName(username);
     if (!account || account.disabled) {
       this.tokenAccounts.delete(username);
       return undefined;
     }
+    if (this.localChanges !== localChanges) return account;
     if (this.tokenAccounts.size >= CREDENTIAL_CACHE_MAX) this.tokenAccounts.clear();
     this.tokenAccounts.set(username, {
       account,
