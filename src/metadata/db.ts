@@ -133,7 +133,9 @@ const AUTOCHECKPOINT_PAGES = 1000;
  * when a write begins after a checkpoint copied every frame, and under steady
  * writes another write always came first. A commit's own checkpoint runs
  * before the next write can begin, and by then the thread has copied most
- * frames.
+ * frames. While the thread's checkpoint holds SQLite's checkpoint lock, a
+ * commit's checkpoint gives up and the log grows past this size until the
+ * next commit after the thread's checkpoint ends.
  */
 const BOUNDED_AUTOCHECKPOINT_PAGES = 4 * AUTOCHECKPOINT_PAGES;
 
