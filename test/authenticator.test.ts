@@ -67,8 +67,8 @@ describe('authenticator cache', () => {
 
   it('forgets a login another process disabled', async () => {
     const { file, metadata, accounts, authenticator } = await openServices();
-    // Another process: a second connection, whose commits this process
-    // sees only through SQLite's data_version.
+    // Another process: a second connection, whose commits reach this
+    // process only through SQLite's data_version.
     const other = new Database(file);
     try {
       const readHash = accounts.passwordHash.bind(accounts);

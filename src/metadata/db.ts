@@ -29,7 +29,8 @@ export interface MetadataDb {
   externalChangeCounter?: () => number;
   /**
    * Makes the next counter read ask SQLite again. The server calls it as each
-   * request arrives, so that the request sees every commit made before it.
+   * request arrives, so that the counters a request reads include every
+   * commit made before it arrived.
    */
   forgetDataVersion?: () => void;
   /** The SQLite file, when the dialect is SQLite. */
