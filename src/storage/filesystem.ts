@@ -305,8 +305,14 @@ const IO_CHUNK_BYTES = 1024 * 1024;
 /** Blob directories a store keeps open at most (256 per digest algorithm). */
 const MAX_OPEN_DIRECTORIES = 512;
 
-/** Bytes an upload writes between two background flushes to disk. */
-const FLUSH_BYTES = 32 * 1024 * 1024;
+/**
+ * Bytes an upload writes between two background flushes to disk. At most
+ * this much, with what a running flush has not finished, is left for the
+ * flush before the 201: with skopeo pushing 50 MiB layers on the machine in
+ * docs/benchmarks.md, the final PUT took 12-16 ms at 32 MiB and 3-6 ms at
+ * 8 MiB, and 1 GiB pushes were no slower.
+ */
+const FLUSH_BYTES = 8 * 1024 * 1024;
 
 /** Writes every buffer at `position`, finishing a partial vectored write byte by byte. */
 async function writeAll(
