@@ -169,7 +169,7 @@ const allWorkloads: Array<[string, Workload]> = [
   ['catalog', (target) => runCatalogWalk(target, sizes)],
   ['skopeo', (target, rep) => runSkopeo(target, images[rep]!, sandbox, `bench/skopeo-r${rep}`)],
 ];
-/** The workloads that write hundreds of MiB; see evictBulkData. */
+/** The workloads that write hundreds of MiB, whose files evictBulkData drops from the page cache. */
 const BULK_WORKLOADS = new Set(['big blob', 'skopeo']);
 const workloads = allWorkloads.filter(([label]) => only === undefined || only.includes(label));
 // Checked before anything starts, so that a wrong label leaves no server running.
@@ -238,7 +238,7 @@ function evictBulkData(directory: string): boolean {
     try {
       size = statSync(file).size;
     } catch {
-      continue; // Removed by the registry while we looked.
+      continue; // The registry removed the file after the directory listing.
     }
     if (size < BULK_FILE_BYTES) continue;
     const dd = spawnSync('dd', [`if=${file}`, 'iflag=nocache', 'count=0', 'status=none']);

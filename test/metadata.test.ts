@@ -207,24 +207,26 @@ describe('query plans', () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
     const handle = await openMetadataDb({ driver: 'sqlite', dataDir });
     const sqlite = new Database(path.join(dataDir, 'mcr.db'), { readonly: true });
-    try {
-      for (const [name, query] of [
-        ['by tag', selectManifestByTag],
-        ['by digest', selectManifestByDigest],
-      ] as const) {
-        const plan = sqlite
+    // Each step of SQLite's plan for a query, such as "SEARCH tags USING INDEX ...".
+    const planOf = (query: typeof selectManifestByTag) =>
+      (
+        sqlite
           .prepare(`explain query plan ${query.sql(handle.db)}`)
-          .all('repository', 'reference') as Array<{ detail: string }>;
-        const steps = plan.map((row) => row.detail);
-        // A SCAN reads a whole table; every step must be an index SEARCH.
+          .all('repository', 'reference') as Array<{ detail: string }>
+      ).map((row) => row.detail);
+    try {
+      const byTag = planOf(selectManifestByTag);
+      const byDigest = planOf(selectManifestByDigest);
+      for (const [name, steps] of [
+        ['by tag', byTag],
+        ['by digest', byDigest],
+      ] as const) {
+        // A SCAN reads a whole table, so every step must be an index SEARCH.
         for (const step of steps) assert.match(step, /^SEARCH /, `${name}: ${steps.join('; ')}`);
       }
-      const byTag = sqlite
-        .prepare(`explain query plan ${selectManifestByTag.sql(handle.db)}`)
-        .all('repository', 'reference') as Array<{ detail: string }>;
       assert.ok(
-        byTag.some((row) => /^SEARCH tags .*\(repository_id=\? AND name=\?\)/.test(row.detail)),
-        `tags are not found by repository and name: ${byTag.map((row) => row.detail).join('; ')}`,
+        byTag.some((step) => /^SEARCH tags .*\(repository_id=\? AND name=\?\)/.test(step)),
+        `tags are not found by repository and name: ${byTag.join('; ')}`,
       );
     } finally {
       sqlite.close();

@@ -306,9 +306,9 @@ const IO_CHUNK_BYTES = 1024 * 1024;
 const MAX_OPEN_DIRECTORIES = 512;
 
 /**
- * Bytes an upload writes between two background flushes to disk. At most
- * this much, with what a running flush has not finished, is left for the
- * flush before the 201: with skopeo pushing 50 MiB layers on the machine in
+ * Bytes an upload writes between two background flushes to disk. The flush
+ * before the 201 writes at most this much, plus what a running flush has not
+ * finished. With skopeo pushing 50 MiB layers on the machine in
  * docs/benchmarks.md, the final PUT took 12-16 ms at 32 MiB and 3-6 ms at
  * 8 MiB, and 1 GiB pushes were no slower.
  */
