@@ -51,6 +51,27 @@ describe('filesystem blob store', () => {
     await Promise.all(stores.map((store) => store.close()));
   });
 
+  it('init creates the sha256 prefix directories', async () => {
+    const { store, root } = await newStore();
+    const algorithmDir = path.join(root, 'blobs', 'sha256');
+    const expected = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+    assert.deepEqual(readdirSync(algorithmDir).sort(), expected);
+
+    const data = Buffer.from('into an existing prefix directory');
+    const digest = parseDigest(sha256(data));
+    await store.appendUpload('p1', 0, Readable.from([data]));
+    assert.equal(await store.commitUpload('p1', digest, data.length), 'stored');
+
+    const others = expected.filter((prefix) => prefix !== digest.hex.slice(0, 2));
+    rmSync(path.join(algorithmDir, others[0] as string), { recursive: true });
+    rmSync(path.join(algorithmDir, others.at(-1) as string), { recursive: true });
+    const again = new FilesystemBlobStore(root);
+    stores.push(again);
+    await again.init();
+    assert.deepEqual(readdirSync(algorithmDir).sort(), expected);
+    assert.deepEqual(await collect(await again.read(digest)), data);
+  });
+
   it('appends, commits by rename into the content-addressed path, and reads ranges', async () => {
     const { store, root } = await newStore();
     const data = randomBytes(200_000);
