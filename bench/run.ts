@@ -364,7 +364,9 @@ console.log('notes:');
 console.log(
   '- reference has no single-POST upload: its monolithic push is POST then PUT with the whole body.',
 );
-console.log('- small blob push uses POST then PUT ?digest= on both registries.');
+console.log(
+  `- small blob push uses POST then PUT ?digest= on both registries, after ${sizes.smallBlobWarmup} untimed pushes of other blobs.`,
+);
 console.log('- reference ignores n on tags/list (Distribution 2.8), so its tag walk is one page.');
 console.log('- mcr requests carry Basic credentials; the reference runs without authentication.');
 console.log(
