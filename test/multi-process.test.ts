@@ -5,6 +5,8 @@
 // session must continue on either process.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -172,5 +174,26 @@ describe('upload sessions across processes', () => {
 
     const blob = await send(first, `/v2/cross/small/blobs/${digest}`, {}, 200);
     assert.deepEqual(Buffer.from(await blob.arrayBuffer()), data);
+  });
+});
+
+describe('two processes starting together', () => {
+  it('both start on one fresh data directory', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-together-'));
+    const started = await Promise.allSettled([startServer({ dataDir }), startServer({ dataDir })]);
+    const servers = started.flatMap((result) =>
+      result.status === 'fulfilled' ? [result.value] : [],
+    );
+    try {
+      for (const result of started) {
+        assert.equal(result.status, 'fulfilled', String((result as PromiseRejectedResult).reason));
+      }
+      for (const server of servers) {
+        assert.equal(await statusAt(server, 'admin', ADMIN_PASSWORD), 200);
+      }
+    } finally {
+      await Promise.all(servers.map((server) => server.stop()));
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 });

@@ -244,17 +244,20 @@ export class Accounts {
    * logged once and written to a 0600 file in the data directory.
    */
   async ensureAdmin(password: string | undefined, dataDir: string): Promise<void> {
-    const existing = await this.db
-      .selectFrom('accounts')
-      .select('id')
-      .where('role', '=', 'admin')
-      .limit(1)
-      .executeTakeFirst();
-    if (existing) return;
+    if (await this.hasAdmin()) return;
 
     const generated = password === undefined || password === '';
     const secret = generated ? randomBytes(18).toString('base64url') : password;
-    await this.create({ username: 'admin', password: secret, role: 'admin', kind: 'human' });
+    try {
+      await this.create({ username: 'admin', password: secret, role: 'admin', kind: 'human' });
+    } catch (error) {
+      // Another process starting on the same data directory created it first.
+      if (error instanceof AccountError && error.reason === 'conflict' && (await this.hasAdmin())) {
+        this.log.info({ account: 'admin' }, 'another process created the admin account');
+        return;
+      }
+      throw error;
+    }
 
     if (generated) {
       const file = path.join(dataDir, ADMIN_PASSWORD_FILE);
@@ -268,6 +271,16 @@ export class Accounts {
     } else {
       this.log.info({ account: 'admin' }, 'created the admin account with MCR_ADMIN_PASSWORD');
     }
+  }
+
+  private async hasAdmin(): Promise<boolean> {
+    const admin = await this.db
+      .selectFrom('accounts')
+      .select('id')
+      .where('role', '=', 'admin')
+      .limit(1)
+      .executeTakeFirst();
+    return admin !== undefined;
   }
 }
 
