@@ -66,7 +66,13 @@ export async function startRegistry(
   }
 
   const store = new FilesystemBlobStore(config.dataDir);
-  await store.init();
+  const prefixErrors = await store.init();
+  if (prefixErrors.length > 0) {
+    log.warn(
+      { err: prefixErrors[0], failed: prefixErrors.length, dataDir: config.dataDir },
+      'could not create blob prefix directories; pushes of blobs in them fail until the data directory is repaired',
+    );
+  }
   const metadata = await openMetadataDb({
     driver: config.database.driver,
     dataDir: config.dataDir,

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -504,5 +505,54 @@ describe('cross-repository mount', () => {
       { method: 'POST' },
     );
     assert.equal(response.status, 202);
+  });
+});
+
+describe('a damaged blob directory at startup', () => {
+  /** Returns bytes whose sha256 digest starts with `prefix` (two hex digits). */
+  function bytesWithPrefix(prefix: string): Buffer {
+    for (let i = 0; ; i++) {
+      const data = Buffer.from(`blob ${i} for prefix ${prefix}`);
+      if (sha256(data).startsWith(`sha256:${prefix}`)) return data;
+    }
+  }
+
+  it('fails only pushes into a file prefix', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-damaged-'));
+    mkdirSync(path.join(dataDir, 'blobs', 'sha256'), { recursive: true });
+    writeFileSync(path.join(dataDir, 'blobs', 'sha256', 'ab'), 'not a directory');
+    const damaged = await startServer({ dataDir });
+    try {
+      const blocked = bytesWithPrefix('ab');
+      const response = await damaged.fetch(`/v2/damaged/blobs/uploads/?digest=${sha256(blocked)}`, {
+        method: 'POST',
+        body: blocked,
+      });
+      assert.equal(response.status, 500);
+      assert.equal(await errorCode(response), 'UNKNOWN');
+
+      const other = bytesWithPrefix('cd');
+      assert.equal(await pushBlob(damaged, 'damaged', other), sha256(other));
+      assert.equal(readdirSync(path.join(dataDir, 'blobs', 'sha256')).length, 256);
+    } finally {
+      await damaged.cleanup();
+    }
+  });
+
+  it('starts with a warning when blobs/sha256 is a file', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-damaged-'));
+    mkdirSync(path.join(dataDir, 'blobs'), { recursive: true });
+    writeFileSync(path.join(dataDir, 'blobs', 'sha256'), 'not a directory');
+    const damaged = await startServer({ dataDir });
+    try {
+      const warning = damaged.logs.find((line) =>
+        String(line.msg).startsWith('could not create blob prefix directories'),
+      );
+      assert.ok(warning, 'no warning about the prefix directories');
+      assert.equal(warning.level, 40);
+      assert.equal((await damaged.fetch('/v2/')).status, 200);
+    } finally {
+      await damaged.cleanup();
+    }
   });
 });
