@@ -191,6 +191,19 @@ describe('two processes starting together', () => {
       for (const server of servers) {
         assert.equal(await statusAt(server, 'admin', ADMIN_PASSWORD), 200);
       }
+      // Each may have created a signing key; the other must accept its tokens.
+      for (const [issuer, verifier] of [servers, [...servers].reverse()]) {
+        const issued = await fetch(`${issuer!.url}/v2/token?service=mcr`, {
+          headers: { authorization: basicAuth('admin', ADMIN_PASSWORD) },
+        });
+        assert.equal(issued.status, 200);
+        const { token } = (await issued.json()) as { token: string };
+        const response = await fetch(`${verifier!.url}/v2/`, {
+          headers: { authorization: `Bearer ${token}` },
+        });
+        await response.arrayBuffer();
+        assert.equal(response.status, 200);
+      }
     } finally {
       await Promise.all(servers.map((server) => server.stop()));
       rmSync(dataDir, { recursive: true, force: true });

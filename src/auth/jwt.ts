@@ -1,6 +1,6 @@
 import { createHash, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
 import { createPrivateKey, createPublicKey } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 import { jwtVerify, SignJWT } from 'jose';
@@ -40,29 +40,49 @@ export class TokenIssuer {
   private readonly keys = new Map<string, SigningKey>();
   private current: SigningKey;
 
+  /** The keys folder's modification time when it was last read. */
+  private readMtime = 0;
+
   constructor(
-    keysDir: string,
+    private readonly keysDir: string,
     private readonly issuer: string,
   ) {
     mkdirSync(keysDir, { recursive: true, mode: 0o700 });
-    for (const file of readdirSync(keysDir).filter((name) => name.endsWith('.pem'))) {
-      const fullPath = path.join(keysDir, file);
-      const privateKey = createPrivateKey(readFileSync(fullPath));
-      if (privateKey.asymmetricKeyType !== 'ed25519') continue;
-      this.add(privateKey, statSync(fullPath).mtimeMs);
-    }
+    this.readKeys();
     if (this.keys.size === 0) {
       const { privateKey } = generateKeyPairSync('ed25519');
       const key = this.add(privateKey, Date.now());
-      writeFileSync(
-        path.join(keysDir, `${key.kid}.pem`),
-        privateKey.export({ type: 'pkcs8', format: 'pem' }),
-        { mode: 0o600 },
-      );
+      // Written under another name and renamed, so that a process starting
+      // at the same moment never reads half a key.
+      const partial = path.join(keysDir, `.${key.kid}.pem.${process.pid}`);
+      writeFileSync(partial, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+      renameSync(partial, path.join(keysDir, `${key.kid}.pem`));
     }
     this.current = [...this.keys.values()].sort(
       (a, b) => b.createdAt - a.createdAt,
     )[0] as SigningKey;
+  }
+
+  /** Adds the Ed25519 keys of the folder's PEM files that are not known yet. */
+  private readKeys(): void {
+    this.readMtime = statSync(this.keysDir).mtimeMs;
+    for (const file of readdirSync(this.keysDir).filter((name) => name.endsWith('.pem'))) {
+      const fullPath = path.join(this.keysDir, file);
+      const privateKey = createPrivateKey(readFileSync(fullPath));
+      if (privateKey.asymmetricKeyType !== 'ed25519' || this.keys.has(kidOf(privateKey))) continue;
+      this.add(privateKey, statSync(fullPath).mtimeMs);
+    }
+  }
+
+  /**
+   * Returns the key with this id. An unknown id makes it read the folder
+   * again if the folder changed since the last read, because another process
+   * on the same data directory may have added the key, such as one that
+   * started at the same time.
+   */
+  private keyById(kid: string): SigningKey | undefined {
+    if (!this.keys.has(kid) && statSync(this.keysDir).mtimeMs !== this.readMtime) this.readKeys();
+    return this.keys.get(kid);
   }
 
   /** The key id new tokens carry in their header. */
@@ -71,11 +91,13 @@ export class TokenIssuer {
   }
 
   private add(privateKey: KeyObject, createdAt: number): SigningKey {
-    const publicKey = createPublicKey(privateKey);
-    const der = publicKey.export({ type: 'spki', format: 'der' });
-    const kid = createHash('sha256').update(der).digest('base64url').slice(0, 16);
-    const key = { kid, privateKey, publicKey, createdAt };
-    this.keys.set(kid, key);
+    const key = {
+      kid: kidOf(privateKey),
+      privateKey,
+      publicKey: createPublicKey(privateKey),
+      createdAt,
+    };
+    this.keys.set(key.kid, key);
     return key;
   }
 
@@ -117,7 +139,7 @@ export class TokenIssuer {
       const { payload } = await jwtVerify(
         token,
         async (header) => {
-          const key = this.keys.get(header.kid ?? '');
+          const key = this.keyById(header.kid ?? '');
           if (!key) throw new Error(`unknown key id ${header.kid}`);
           return key.publicKey;
         },
@@ -136,4 +158,10 @@ export class TokenIssuer {
       return undefined;
     }
   }
+}
+
+/** Returns the key id of a key: the start of the SHA-256 of its public key. */
+function kidOf(privateKey: KeyObject): string {
+  const der = createPublicKey(privateKey).export({ type: 'spki', format: 'der' });
+  return createHash('sha256').update(der).digest('base64url').slice(0, 16);
 }

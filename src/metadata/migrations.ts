@@ -342,16 +342,15 @@ export async function migrate(db: Kysely<Database>, dialect: Dialect): Promise<n
     if (done) continue;
 
     await db.transaction().execute(async (trx) => {
-      if (dialect === 'postgres') {
-        // Serialises concurrent starts of several processes on one database.
-        await sql`select pg_advisory_xact_lock(7283001)`.execute(trx);
-        const raced = await trx
-          .selectFrom('schema_migrations')
-          .select('version')
-          .where('version', '=', migration.version)
-          .executeTakeFirst();
-        if (raced) return;
-      }
+      // Serialises concurrent starts of several processes on one database:
+      // on SQLite the transaction itself takes the write lock as it begins.
+      if (dialect === 'postgres') await sql`select pg_advisory_xact_lock(7283001)`.execute(trx);
+      const raced = await trx
+        .selectFrom('schema_migrations')
+        .select('version')
+        .where('version', '=', migration.version)
+        .executeTakeFirst();
+      if (raced) return;
       await migration.up(trx, dialect);
       await trx
         .insertInto('schema_migrations')
