@@ -153,6 +153,36 @@ describe('metadata database', () => {
   });
 });
 
+describe('commits of other connections', () => {
+  it('are each seen by the next read of data_version', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
+    const handle = await openMetadataDb({ driver: 'sqlite', dataDir });
+    const other = new Database(path.join(dataDir, 'mcr.db'));
+    const insert = other.prepare('insert into repositories (name, created_at) values (?, 0)');
+    const readAfterRequest = () => {
+      handle.forgetDataVersion!();
+      return handle.externalChangeCounter!();
+    };
+    try {
+      let previous = readAfterRequest();
+      assert.equal(readAfterRequest(), previous, 'no commit, same value');
+      for (let i = 0; i < 100; i++) {
+        // Every tenth commit follows a checkpoint that empties the log and so
+        // resets the frame count in the wal-index header.
+        if (i % 10 === 9) other.pragma('wal_checkpoint(TRUNCATE)');
+        insert.run(`elsewhere/${i}`);
+        const current = readAfterRequest();
+        assert.notEqual(current, previous, `commit ${i} not seen`);
+        assert.equal(readAfterRequest(), current, `value changed without a commit after ${i}`);
+        previous = current;
+      }
+    } finally {
+      other.close();
+      await handle.close();
+    }
+  });
+});
+
 describe('prepared queries', () => {
   it("binds each call's arguments to SQL compiled once", async () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
