@@ -334,23 +334,13 @@ export async function migrate(db: Kysely<Database>, dialect: Dialect): Promise<n
 
   const applied: number[] = [];
   for (const migration of MIGRATIONS) {
-    const done = await db
-      .selectFrom('schema_migrations')
-      .select('version')
-      .where('version', '=', migration.version)
-      .executeTakeFirst();
-    if (done) continue;
+    if (await isApplied(db, migration.version)) continue;
 
     await db.transaction().execute(async (trx) => {
       // Serialises concurrent starts of several processes on one database:
       // on SQLite the transaction itself takes the write lock as it begins.
       if (dialect === 'postgres') await sql`select pg_advisory_xact_lock(7283001)`.execute(trx);
-      const raced = await trx
-        .selectFrom('schema_migrations')
-        .select('version')
-        .where('version', '=', migration.version)
-        .executeTakeFirst();
-      if (raced) return;
+      if (await isApplied(trx, migration.version)) return;
       await migration.up(trx, dialect);
       await trx
         .insertInto('schema_migrations')
@@ -360,4 +350,13 @@ export async function migrate(db: Kysely<Database>, dialect: Dialect): Promise<n
     });
   }
   return applied;
+}
+
+async function isApplied(db: Kysely<Database>, version: number): Promise<boolean> {
+  const row = await db
+    .selectFrom('schema_migrations')
+    .select('version')
+    .where('version', '=', version)
+    .executeTakeFirst();
+  return row !== undefined;
 }
