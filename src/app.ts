@@ -70,7 +70,7 @@ export async function startRegistry(
   if (prefixErrors.length > 0) {
     log.warn(
       { err: prefixErrors[0], failed: prefixErrors.length, dataDir: config.dataDir },
-      'could not create blob prefix directories; pushes of blobs in them fail until the data directory is repaired',
+      'failed to create blob prefix directories; pushes into them fail until the data directory is repaired',
     );
   }
   const metadata = await openMetadataDb({

@@ -546,7 +546,7 @@ describe('a damaged blob directory at startup', () => {
     const damaged = await startServer({ dataDir });
     try {
       const warning = damaged.logs.find((line) =>
-        String(line.msg).startsWith('could not create blob prefix directories'),
+        String(line.msg).startsWith('failed to create blob prefix directories'),
       );
       assert.ok(warning, 'no warning about the prefix directories');
       assert.equal(warning.level, 40);
