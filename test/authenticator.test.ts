@@ -91,6 +91,47 @@ describe('authenticator cache', () => {
     }
   });
 
+  for (const via of ['this process', 'another process'] as const) {
+    it(`does not join a login begun before a change through ${via}`, async () => {
+      const { file, metadata, accounts, authenticator } = await openServices();
+      const other = new Database(file);
+      try {
+        // The first login stops after reading the account, until released.
+        let release!: () => void;
+        const gate = new Promise<void>((resolve) => (release = resolve));
+        let reads = 0;
+        const readHash = accounts.passwordHash.bind(accounts);
+        accounts.passwordHash = async (username: string) => {
+          const found = await readHash(username);
+          reads += 1;
+          if (reads === 1) await gate;
+          return found;
+        };
+        const first = authenticator.login('alice', PASSWORD, '127.0.0.1');
+        while (reads === 0) await new Promise((resolve) => setImmediate(resolve));
+
+        if (via === 'this process') {
+          await accounts.update('alice', { disabled: true });
+        } else {
+          other.prepare("update accounts set disabled = 1 where username = 'alice'").run();
+        }
+        // The second login arrives after the change, as a new request.
+        metadata.forgetDataVersion!();
+        const second = authenticator.login('alice', PASSWORD, '127.0.0.1');
+        release();
+
+        assert.equal((await first).account.username, 'alice');
+        await assert.rejects(
+          second,
+          (error: unknown) => error instanceof LoginError && error.reason === 'disabled',
+        );
+      } finally {
+        other.close();
+        await metadata.close();
+      }
+    });
+  }
+
   it('remembers a login with no change', async () => {
     const { metadata, accounts, authenticator } = await openServices();
     try {

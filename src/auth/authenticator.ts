@@ -79,7 +79,14 @@ export class Authenticator {
     string,
     { account: Account; expiresAt: number; checked: number | undefined }
   >();
-  private readonly inFlight = new Map<string, Promise<Principal>>();
+  /**
+   * Verifications under way by a hash of their credentials, with the change
+   * counters as they were when each started.
+   */
+  private readonly inFlight = new Map<
+    string,
+    { attempt: Promise<Principal>; external: number | undefined; local: number }
+  >();
   /** Calls of forgetAccount so far, so that a login verified across one is not remembered. */
   private localChanges = 0;
   private readonly queues = new Map<string, Promise<unknown>>();
@@ -107,19 +114,25 @@ export class Authenticator {
     const cached = await this.remembered(cacheKey, secret);
     if (cached) return cached;
 
-    // Identical credentials arriving together share one verification, and
-    // the logins of one account run one at a time, so that each reads the
-    // failures recorded before it.
+    // Identical credentials arriving together share one verification, unless
+    // an account changed since it started, because it may have read the
+    // account before the change. The logins of one account run one at a
+    // time, so that each reads the failures recorded before it.
+    const external = this.externalChanges?.();
     const pending = this.inFlight.get(cacheKey);
-    if (pending) return pending;
-    const attempt = this.serialize(username, () =>
-      this.attempt(username, secret, address, cacheKey),
-    );
-    this.inFlight.set(cacheKey, attempt);
+    if (pending && pending.external === external && pending.local === this.localChanges) {
+      return pending.attempt;
+    }
+    const entry = {
+      attempt: this.serialize(username, () => this.attempt(username, secret, address, cacheKey)),
+      external,
+      local: this.localChanges,
+    };
+    this.inFlight.set(cacheKey, entry);
     try {
-      return await attempt;
+      return await entry.attempt;
     } finally {
-      this.inFlight.delete(cacheKey);
+      if (this.inFlight.get(cacheKey) === entry) this.inFlight.delete(cacheKey);
     }
   }
 
