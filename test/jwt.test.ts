@@ -136,6 +136,38 @@ describe('TokenIssuer', () => {
     assert.ok(await issuer.verify(refresh.token, 'mcr', 'refresh'));
   });
 
+  it('accepts a key added in the same clock tick', async () => {
+    const { issuer, keysDir } = newIssuer();
+    // The folder's time is set by hand, so that it can be set back exactly.
+    const tick = Date.now() / 1000;
+    utimesSync(keysDir, tick, tick);
+    // A token with an unknown key id makes the issuer read the folder.
+    const stranger = await new SignJWT({ kind: 'access', access: ACCESS })
+      .setProtectedHeader({ alg: 'EdDSA', kid: 'unknown-key' })
+      .sign(generateKeyPairSync('ed25519').privateKey);
+    assert.equal(await issuer.verify(stranger, 'mcr'), undefined);
+
+    // Another process adds its key, and the folder keeps its time, as when
+    // the change falls within the kernel's clock tick of that read.
+    const { issuer: other, keysDir: otherDir } = newIssuer();
+    const { kid } = currentKey(otherDir);
+    writeFileSync(
+      path.join(keysDir, `${kid}.pem`),
+      readFileSync(path.join(otherDir, `${kid}.pem`)),
+      { mode: 0o600 },
+    );
+    utimesSync(keysDir, tick, tick);
+
+    const { token } = await other.issue({
+      audience: 'mcr',
+      access: ACCESS,
+      subject: 'alice',
+      ttlMs: 60_000,
+    });
+    const verified = await issuer.verify(token, 'mcr');
+    assert.equal(verified?.subject, 'alice');
+  });
+
   it('rotates keys and retires old tokens', async () => {
     const { issuer, keysDir } = newIssuer();
     const old = await issuer.issue({

@@ -40,8 +40,9 @@ export class TokenIssuer {
   private readonly keys = new Map<string, SigningKey>();
   private current: SigningKey;
 
-  /** The keys folder's modification time when it was last read. */
+  /** The keys folder's modification time when it was last read, and when that was. */
   private readMtime = 0;
+  private readAt = 0;
 
   constructor(
     private readonly keysDir: string,
@@ -65,6 +66,7 @@ export class TokenIssuer {
 
   /** Adds the Ed25519 keys of the folder's PEM files that are not known yet. */
   private readKeys(): void {
+    this.readAt = Date.now();
     this.readMtime = statSync(this.keysDir).mtimeMs;
     for (const file of readdirSync(this.keysDir).filter((name) => name.endsWith('.pem'))) {
       const fullPath = path.join(this.keysDir, file);
@@ -75,13 +77,16 @@ export class TokenIssuer {
   }
 
   /**
-   * Returns the key with this id. An unknown id makes it read the folder
-   * again if the folder changed since the last read, because another process
-   * on the same data directory may have added the key, such as one that
-   * started at the same time.
+   * Returns the key with this id. For an unknown id it reads the folder again
+   * when another process may have added the key since the last read: the
+   * folder changed, or that read came within a second of its last change,
+   * because the folder's time follows the kernel's coarse clock.
    */
   private keyById(kid: string): SigningKey | undefined {
-    if (!this.keys.has(kid) && statSync(this.keysDir).mtimeMs !== this.readMtime) this.readKeys();
+    if (!this.keys.has(kid)) {
+      const mtime = statSync(this.keysDir).mtimeMs;
+      if (mtime !== this.readMtime || this.readAt - mtime < KEYS_SETTLED_MS) this.readKeys();
+    }
     return this.keys.get(kid);
   }
 
@@ -159,6 +164,9 @@ export class TokenIssuer {
     }
   }
 }
+
+/** How long after the keys folder's last change a read of it is trusted to have seen every key. */
+const KEYS_SETTLED_MS = 1000;
 
 /** Returns the key id of a key: the start of the SHA-256 of its public key. */
 function kidOf(privateKey: KeyObject): string {
