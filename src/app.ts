@@ -293,7 +293,8 @@ async function checkHealth(
 ): Promise<Record<string, { ok: boolean; error?: string }>> {
   const checks: Record<string, { ok: boolean; error?: string }> = {};
   try {
-    await sql`select 1`.execute(metadata.db);
+    // Reads a table, so that a database whose pages cannot be read fails.
+    await sql`select max(version) from schema_migrations`.execute(metadata.db);
     checks.database = { ok: true };
   } catch (error) {
     checks.database = { ok: false, error: (error as Error).message };

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { Validator } from '@seriousme/openapi-schema-validator';
+import Database from 'better-sqlite3';
 
 import { pushImage } from './helpers/oci.js';
 import { basicAuth, startServer, type TestServer } from './helpers/server.js';
@@ -106,6 +108,28 @@ describe('health', () => {
     assert.equal(health.status, 200);
     assert.equal(health.body.status, 'ok');
     assert.deepEqual(health.body.checks, { database: { ok: true }, storage: { ok: true } });
+  });
+
+  it('reports a database whose tables cannot be read', async () => {
+    const damaged = await startServer();
+    try {
+      const other = new Database(path.join(damaged.dataDir, 'mcr.db'));
+      other.exec('drop table schema_migrations');
+      other.close();
+
+      const response = await fetch(`${damaged.url}/v1/health`);
+      assert.equal(response.status, 503);
+      const body = (await response.json()) as {
+        status: string;
+        checks: Record<string, { ok: boolean; error?: string }>;
+      };
+      assert.equal(body.status, 'degraded');
+      assert.equal(body.checks.database?.ok, false);
+      assert.match(body.checks.database?.error ?? '', /schema_migrations/);
+      assert.deepEqual(body.checks.storage, { ok: true });
+    } finally {
+      await damaged.cleanup();
+    }
   });
 });
 
