@@ -13,6 +13,19 @@ import { MIGRATIONS } from '../src/metadata/migrations.js';
 import { PreparedQuery } from '../src/metadata/prepared.js';
 import { selectManifestByDigest, selectManifestByTag } from '../src/registry/manifests.js';
 
+/**
+ * Opens a metadata database and a second connection to its file, as another
+ * process would. Commits of the second reach the first only through SQLite.
+ */
+async function openWithOtherConnection() {
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
+  const handle = await openMetadataDb({ driver: 'sqlite', dataDir });
+  const other = new Database(path.join(dataDir, 'mcr.db'));
+  const insert = other.prepare('insert into repositories (name, created_at) values (?, 0)');
+  const commitElsewhere = (name: string) => insert.run(name);
+  return { handle, other, commitElsewhere };
+}
+
 describe('metadata database', () => {
   it('creates the SQLite file 0600 with WAL and foreign keys', async () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
@@ -122,11 +135,7 @@ describe('metadata database', () => {
   });
 
   it('rereads data_version after a request or a turn', async () => {
-    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
-    const handle = await openMetadataDb({ driver: 'sqlite', dataDir });
-    const other = new Database(path.join(dataDir, 'mcr.db'));
-    const commitElsewhere = (name: string) =>
-      other.prepare('insert into repositories (name, created_at) values (?, 0)').run(name);
+    const { handle, other, commitElsewhere } = await openWithOtherConnection();
     try {
       const counter = handle.externalChangeCounter!;
       const first = counter();
@@ -155,10 +164,7 @@ describe('metadata database', () => {
 
 describe('commits of other connections', () => {
   it('are each seen by the next read of data_version', async () => {
-    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
-    const handle = await openMetadataDb({ driver: 'sqlite', dataDir });
-    const other = new Database(path.join(dataDir, 'mcr.db'));
-    const insert = other.prepare('insert into repositories (name, created_at) values (?, 0)');
+    const { handle, other, commitElsewhere } = await openWithOtherConnection();
     const readAfterRequest = () => {
       handle.forgetDataVersion!();
       return handle.externalChangeCounter!();
@@ -170,7 +176,7 @@ describe('commits of other connections', () => {
         // Every tenth commit follows a checkpoint that empties the log and so
         // resets the frame count in the wal-index header.
         if (i % 10 === 9) other.pragma('wal_checkpoint(TRUNCATE)');
-        insert.run(`elsewhere/${i}`);
+        commitElsewhere(`elsewhere/${i}`);
         const current = readAfterRequest();
         assert.notEqual(current, previous, `commit ${i} not seen`);
         assert.equal(readAfterRequest(), current, `value changed without a commit after ${i}`);

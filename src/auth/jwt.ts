@@ -78,9 +78,10 @@ export class TokenIssuer {
 
   /**
    * Returns the key with this id. For an unknown id it reads the folder again
-   * when another process may have added the key since the last read: the
-   * folder changed, or that read came within a second of its last change,
-   * because the folder's time follows the kernel's coarse clock.
+   * if the folder changed since the last read, because another process may
+   * have added the key. The folder's time follows the kernel's coarse clock,
+   * so it also reads again while the last read came within a second of the
+   * folder's last change.
    */
   private keyById(kid: string): SigningKey | undefined {
     if (!this.keys.has(kid)) {
