@@ -3,12 +3,13 @@
 # clients (skopeo, podman, buildah, containerd with ctr, and docker.io for
 # dockerd and the Docker CLI), umoci for building images without a network,
 # the reference registry (docker-registry), jq, and slapd, ldap-utils and
-# openssl for the LDAP tests, and wrk, the load generator of the benchmark.
-# The tests start their own daemons. Safe to run
-# again: packages already present are skipped. Needs root (apt-get).
+# openssl for the LDAP tests, postgresql for the second pass of the tests,
+# and wrk, the load generator of the benchmark. The tests start their own
+# daemons, PostgreSQL included. Safe to run again: packages already present
+# are skipped. Needs root (apt-get).
 set -euo pipefail
 
-packages=(skopeo podman buildah umoci docker-registry jq slapd ldap-utils openssl containerd docker.io wrk)
+packages=(skopeo podman buildah umoci docker-registry jq slapd ldap-utils openssl postgresql containerd docker.io wrk)
 
 missing=()
 for package in "${packages[@]}"; do

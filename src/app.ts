@@ -80,6 +80,11 @@ export async function startRegistry(
     backgroundCheckpoints: true,
     onCheckpointError: (error) =>
       log.error({ err: error }, 'background WAL checkpoints stopped; commits run them again'),
+    onConnectionError: (error) =>
+      log.warn(
+        { err: error },
+        'an idle PostgreSQL connection failed; the next query opens another',
+      ),
   });
 
   const auth = await createAuthServices(config, metadata, log);
@@ -118,7 +123,7 @@ export async function startRegistry(
     log,
     externalUrl: config.server.external_url,
     https,
-    onRequestArrival: metadata.forgetDataVersion,
+    onRequestArrival: metadata.onRequestArrival,
   });
   const gc = new GarbageCollector({
     db: metadata.db,

@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { Validator } from '@seriousme/openapi-schema-validator';
-import Database from 'better-sqlite3';
 
+import { queryTestDatabase } from './helpers/database.js';
 import { pushImage } from './helpers/oci.js';
 import { basicAuth, startServer, type TestServer } from './helpers/server.js';
 
@@ -113,9 +112,7 @@ describe('health', () => {
   it('reports a database whose tables cannot be read', async () => {
     const damaged = await startServer();
     try {
-      const other = new Database(path.join(damaged.dataDir, 'mcr.db'));
-      other.exec('drop table schema_migrations');
-      other.close();
+      await queryTestDatabase(damaged.dataDir, 'drop table schema_migrations');
 
       const response = await fetch(`${damaged.url}/v1/health`);
       assert.equal(response.status, 503);

@@ -1,9 +1,7 @@
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import Database from 'better-sqlite3';
-
+import { openTestDatabase } from './helpers/database.js';
 import { OCI_MANIFEST, pushBlob, pushImage } from './helpers/oci.js';
 import { basicAuth, startServer, type TestServer } from './helpers/server.js';
 
@@ -252,10 +250,6 @@ describe('audit events', () => {
 });
 
 describe('audit verification', () => {
-  function database(): Database.Database {
-    return new Database(path.join(server.dataDir, 'mcr.db'));
-  }
-
   it('passes on an untouched log', async () => {
     const result = await verify();
     assert.equal(result.ok, true);
@@ -263,45 +257,46 @@ describe('audit verification', () => {
   });
 
   it('names an edited row', async () => {
-    const db = database();
-    const target = db
-      .prepare(
+    const db = await openTestDatabase(server.dataDir);
+    const target = (
+      await db.query(
         "select id, details from audit_events where type = 'manifest.push' order by id limit 1",
       )
-      .get() as { id: number; details: string };
-    db.prepare("update audit_events set actor = 'mallory' where id = ?").run(target.id);
+    ).rows[0] as { id: number; details: string };
+    await db.query("update audit_events set actor = 'mallory' where id = ?", [target.id]);
     const result = await verify();
     assert.equal(result.ok, false);
     assert.equal(result.broken?.id, target.id);
     assert.match(result.broken?.reason ?? '', /edited/);
-    db.prepare("update audit_events set actor = 'admin' where id = ?").run(target.id);
+    await db.query("update audit_events set actor = 'admin' where id = ?", [target.id]);
     assert.equal((await verify()).ok, true);
-    db.close();
+    await db.close();
   });
 
   it('names the row after a removed one, and catches a removed newest row', async () => {
-    const db = database();
-    const rows = db.prepare('select * from audit_events order by id').all() as Array<
+    const db = await openTestDatabase(server.dataDir);
+    const rows = (await db.query('select * from audit_events order by id')).rows as Array<
       Record<string, unknown> & { id: number }
     >;
     const middle = rows[Math.floor(rows.length / 2)] as Record<string, unknown> & { id: number };
-    db.prepare('delete from audit_events where id = ?').run(middle.id);
+    await db.query('delete from audit_events where id = ?', [middle.id]);
     const result = await verify();
     assert.equal(result.ok, false);
     assert.equal(result.broken?.id, middle.id + 1);
 
     const columns = Object.keys(middle);
-    db.prepare(
+    await db.query(
       `insert into audit_events (${columns.join(', ')}) values (${columns.map(() => '?').join(', ')})`,
-    ).run(...columns.map((column) => middle[column]));
+      columns.map((column) => middle[column]),
+    );
     assert.equal((await verify()).ok, true);
 
     const newest = rows[rows.length - 1] as { id: number };
-    db.prepare('delete from audit_events where id = ?').run(newest.id);
+    await db.query('delete from audit_events where id = ?', [newest.id]);
     const truncated = await verify();
     assert.equal(truncated.ok, false);
     assert.equal(truncated.broken?.id, newest.id);
-    db.close();
+    await db.close();
   });
 });
 

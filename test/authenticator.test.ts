@@ -116,7 +116,7 @@ describe('authenticator cache', () => {
           other.prepare("update accounts set disabled = 1 where username = 'alice'").run();
         }
         // The second login arrives after the change, as a new request.
-        metadata.forgetDataVersion!();
+        metadata.onRequestArrival!();
         const second = authenticator.login('alice', PASSWORD, '127.0.0.1');
         release();
 

@@ -20,6 +20,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import Database from 'better-sqlite3';
 
+import { openTestDatabase } from './helpers/database.js';
 import {
   descriptor,
   DOCKER_MANIFEST,
@@ -30,6 +31,7 @@ import {
   pushBlob,
   sha256,
 } from './helpers/oci.js';
+import { testPostgresUrl } from './helpers/postgres.js';
 import {
   ADMIN_PASSWORD,
   ADMIN_USER,
@@ -207,19 +209,16 @@ function listFiles(directory: string): string[] {
     .sort();
 }
 
-function snapshot(): StoreSnapshot {
-  const db = new Database(path.join(server.dataDir, 'mcr.db'), {
-    readonly: true,
-    fileMustExist: true,
-  });
+async function snapshot(): Promise<StoreSnapshot> {
+  const db = await openTestDatabase(server.dataDir);
   const rows = {} as Record<Table, number>;
   try {
     for (const table of TABLES) {
-      const row = db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number };
-      rows[table] = row.n;
+      const result = await db.query(`SELECT count(*) AS n FROM ${table}`);
+      rows[table] = Number(result.rows[0]?.n);
     }
   } finally {
-    db.close();
+    await db.close();
   }
   return {
     rows,
@@ -229,8 +228,8 @@ function snapshot(): StoreSnapshot {
   };
 }
 
-function assertNothingStored(before: StoreSnapshot, label: string): void {
-  const now = snapshot();
+async function assertNothingStored(before: StoreSnapshot, label: string): Promise<void> {
+  const now = await await snapshot();
   assert.deepEqual(now.rows, before.rows, `${label}: row counts changed`);
   assert.deepEqual(now.blobFiles, before.blobFiles, `${label}: files under blobs/ changed`);
   assert.deepEqual(now.uploadFiles, before.uploadFiles, `${label}: files under uploads/ changed`);
@@ -242,10 +241,10 @@ function assertNothingStored(before: StoreSnapshot, label: string): void {
 }
 
 /** Polls the condition until it is true or the timeout passes. Returns its last value. */
-async function waitFor(condition: () => boolean, timeoutMs = 5_000): Promise<boolean> {
+async function waitFor(condition: () => Promise<boolean>, timeoutMs = 5_000): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (condition()) return true;
+    if (await condition()) return true;
     await sleep(50);
   }
   return condition();
@@ -319,7 +318,7 @@ describe('requests the HTTP parser rejects', () => {
 
 describe('repository names', () => {
   it('rejects upper case', async () => {
-    const before = snapshot();
+    const before = await snapshot();
     for (const name of ['Library/app', 'library/App']) {
       const start = await send('POST', `/v2/${name}/blobs/uploads/`);
       assertError(start, 400, 'NAME_INVALID', `POST uploads to ${name}`);
@@ -333,14 +332,14 @@ describe('repository names', () => {
       });
       assertError(manifest, 400, 'NAME_INVALID', `manifest PUT to ${name}`);
     }
-    assertNothingStored(before, 'upper-case names');
+    await assertNothingStored(before, 'upper-case names');
   });
 
   it('rejects ".." inside a component', async () => {
-    const before = snapshot();
+    const before = await snapshot();
     const response = await send('POST', '/v2/library..app/blobs/uploads/');
     assertError(response, 400, 'NAME_INVALID', 'POST uploads to library..app');
-    assertNothingStored(before, 'library..app');
+    await assertNothingStored(before, 'library..app');
   });
 
   // The request names the repository "library/../app" (or its encoded form),
@@ -348,7 +347,7 @@ describe('repository names', () => {
   // act on another repository, "app", instead.
   for (const name of ['library/../app', 'library/%2e%2e/app', 'library/.%2E/app']) {
     it(`rejects "${name}" without touching another repository`, async () => {
-      const before = snapshot();
+      const before = await snapshot();
       const start = await send('POST', `/v2/${name}/blobs/uploads/`);
       assertError(start, 400, 'NAME_INVALID', `POST uploads to ${name}`);
       const manifest = await send('PUT', `/v2/${name}/manifests/v1`, {
@@ -356,7 +355,7 @@ describe('repository names', () => {
         headers: { 'Content-Type': OCI_MANIFEST },
       });
       assertError(manifest, 400, 'NAME_INVALID', `manifest PUT to ${name}`);
-      assertNothingStored(before, name);
+      await assertNothingStored(before, name);
     });
   }
 
@@ -364,20 +363,20 @@ describe('repository names', () => {
   // a 404 is an acceptable response as long as nothing is stored.
   for (const requestPath of ['/v2/library/../blobs/uploads/', '/v2/../library/blobs/uploads/']) {
     it(`rejects ${requestPath}`, async () => {
-      const before = snapshot();
+      const before = await snapshot();
       const response = await send('POST', requestPath);
       assert.ok(
         response.status >= 400 && response.status < 500,
         `POST ${requestPath}: expected 4xx, got ${response.status}`,
       );
-      assertNothingStored(before, requestPath);
+      await assertNothingStored(before, requestPath);
     });
   }
 
   // "v1/../hijacked" is not a valid tag or digest. Resolving the dot segments
   // would turn it into the tag "hijacked".
   it('rejects dot segments in a manifest reference', async () => {
-    const before = snapshot();
+    const before = await snapshot();
     const body = imageManifest([descriptor(OCI_LAYER, LAYER)]);
     for (const reference of ['v1/../hijacked', `${sha256(body)}/../hijacked`]) {
       const response = await send('PUT', `/v2/${REPO}/manifests/${reference}`, {
@@ -389,13 +388,13 @@ describe('repository names', () => {
         `PUT manifests/${reference}: expected 4xx, got ${response.status}`,
       );
     }
-    assertNothingStored(before, 'dot segments in a manifest reference');
+    await assertNothingStored(before, 'dot segments in a manifest reference');
     const tag = await send('GET', `/v2/${REPO}/manifests/hijacked`);
     assertError(tag, 404, 'MANIFEST_UNKNOWN', 'tag "hijacked"');
   });
 
   it('rejects a trailing slash', async () => {
-    const before = snapshot();
+    const before = await snapshot();
     const start = await send('POST', '/v2/library/app//blobs/uploads/');
     assertError(start, 400, 'NAME_INVALID', 'POST uploads to "library/app/"');
     const manifest = await send('PUT', '/v2/library/app//manifests/v1', {
@@ -405,7 +404,7 @@ describe('repository names', () => {
     assertError(manifest, 400, 'NAME_INVALID', 'manifest PUT to "library/app/"');
     const blob = await send('GET', `/v2/${REPO}//blobs/${sha256(LAYER)}`);
     assertError(blob, 400, 'NAME_INVALID', `GET blob from "${REPO}/"`);
-    assertNothingStored(before, 'trailing slash');
+    await assertNothingStored(before, 'trailing slash');
   });
 
   it('rejects 256 characters and accepts 255', async () => {
@@ -413,7 +412,7 @@ describe('repository names', () => {
     assert.equal(longest.length, 255);
     const tooLong = `${longest}c`;
 
-    const before = snapshot();
+    const before = await snapshot();
     const data = `blob for a ${tooLong.length}-character name`;
     const rejected = await send('POST', `/v2/${tooLong}/blobs/uploads/?digest=${sha256(data)}`, {
       body: data,
@@ -421,7 +420,7 @@ describe('repository names', () => {
     assertError(rejected, 400, 'NAME_INVALID', 'monolithic POST to a 256-character name');
     const session = await send('POST', `/v2/${tooLong}/blobs/uploads/`);
     assertError(session, 400, 'NAME_INVALID', 'POST uploads to a 256-character name');
-    assertNothingStored(before, '256-character name');
+    await assertNothingStored(before, '256-character name');
 
     const accepted = await send('POST', `/v2/${longest}/blobs/uploads/?digest=${sha256(data)}`, {
       body: data,
@@ -453,7 +452,7 @@ const BAD_DIGESTS: Array<{ label: string; digest: string }> = [
 describe('malformed digests', () => {
   it('rejects them in blob GET, HEAD and DELETE', async () => {
     assert.notEqual(HEX.toUpperCase(), HEX, 'the upper-case case differs from valid hex');
-    const before = snapshot();
+    const before = await snapshot();
     for (const { label, digest } of BAD_DIGESTS) {
       const blobPath = `/v2/${REPO}/blobs/${encodeURIComponent(digest)}`;
       assertError(await send('GET', blobPath), 400, 'DIGEST_INVALID', `GET (${label})`);
@@ -461,11 +460,11 @@ describe('malformed digests', () => {
       assertError(await send('HEAD', blobPath), 400, undefined, `HEAD (${label})`);
       assertError(await send('DELETE', blobPath), 400, 'DIGEST_INVALID', `DELETE (${label})`);
     }
-    assertNothingStored(before, 'blob requests with malformed digests');
+    await assertNothingStored(before, 'blob requests with malformed digests');
   });
 
   it('rejects them in ?digest= of a monolithic POST', async () => {
-    const before = snapshot();
+    const before = await snapshot();
     for (const { label, digest } of BAD_DIGESTS) {
       const response = await send(
         'POST',
@@ -477,7 +476,7 @@ describe('malformed digests', () => {
       );
       assertError(response, 400, 'DIGEST_INVALID', `monolithic POST (${label})`);
     }
-    assertNothingStored(before, 'monolithic POSTs with malformed digests');
+    await assertNothingStored(before, 'monolithic POSTs with malformed digests');
   });
 
   it('rejects them in ?digest= of a finalize PUT', async () => {
@@ -489,7 +488,7 @@ describe('malformed digests', () => {
     });
     assert.equal(patch.status, 202);
 
-    const before = snapshot();
+    const before = await snapshot();
     for (const { label, digest } of BAD_DIGESTS) {
       const withoutBody = await send('PUT', `${location}?digest=${encodeURIComponent(digest)}`);
       assertError(withoutBody, 400, 'DIGEST_INVALID', `finalize PUT (${label})`);
@@ -501,7 +500,7 @@ describe('malformed digests', () => {
     }
     const missing = await send('PUT', location);
     assertError(missing, 400, 'DIGEST_INVALID', 'finalize PUT without ?digest=');
-    assertNothingStored(before, 'finalize PUTs with malformed digests');
+    await assertNothingStored(before, 'finalize PUTs with malformed digests');
 
     const status = await send('GET', location);
     assert.equal(status.status, 204, 'the session survives a malformed digest');
@@ -511,7 +510,7 @@ describe('malformed digests', () => {
   });
 
   it('rejects them as the reference of a manifest PUT', async () => {
-    const before = snapshot();
+    const before = await snapshot();
     const body = imageManifest([descriptor(OCI_LAYER, LAYER)]);
     // Without a ":" the reference is a tag, so "no algorithm" is left out here.
     for (const { label, digest } of BAD_DIGESTS.filter((c) => c.digest.includes(':'))) {
@@ -521,7 +520,7 @@ describe('malformed digests', () => {
       });
       assertError(response, 400, 'DIGEST_INVALID', `manifest PUT (${label})`);
     }
-    assertNothingStored(before, 'manifest PUTs with malformed digests');
+    await assertNothingStored(before, 'manifest PUTs with malformed digests');
   });
 });
 
@@ -584,7 +583,7 @@ describe('path traversal', () => {
       stats.set(file, { atimeMs: info.atimeMs, mtimeMs: info.mtimeMs });
     }
     const dbFile = path.join(server.dataDir, 'mcr.db');
-    const before = snapshot();
+    const before = await snapshot();
 
     const results: Array<{ request: string; result: HttpResult }> = [];
     const record = async (method: string, requestPath: string, body?: string) => {
@@ -624,7 +623,7 @@ describe('path traversal', () => {
       if (detectsReads) assert.equal(info.atimeMs, previous?.atimeMs, `${file} was read`);
       assert.equal(readFileSync(file, 'utf8'), content, `${file} has other content`);
     }
-    assert.ok(existsSync(dbFile), 'mcr.db still exists');
+    if (!testPostgresUrl()) assert.ok(existsSync(dbFile), 'mcr.db still exists');
 
     const leaks = results
       .filter(({ result }) => {
@@ -649,13 +648,15 @@ describe('path traversal', () => {
       })
       .map(({ request, result }) => `${request} -> ${result.status}`);
     assert.deepEqual(unexpected, [], 'requests answered with other than 4xx');
-    assertNothingStored(before, 'path traversal');
+    await assertNothingStored(before, 'path traversal');
 
-    const db = new Database(dbFile, { readonly: true, fileMustExist: true });
-    try {
-      assert.equal(db.pragma('integrity_check', { simple: true }), 'ok');
-    } finally {
-      db.close();
+    if (!testPostgresUrl()) {
+      const db = new Database(dbFile, { readonly: true, fileMustExist: true });
+      try {
+        assert.equal(db.pragma('integrity_check', { simple: true }), 'ok');
+      } finally {
+        db.close();
+      }
     }
   });
 });
@@ -668,7 +669,7 @@ describe('manifest validation', () => {
     });
 
   it('rejects a body that is not JSON', async () => {
-    const before = snapshot();
+    const before = await snapshot();
     for (const body of ['not json', '{"schemaVersion": 2,', '', '\u0000\u0001binary']) {
       const response = await putManifest('not-json', body);
       assertError(response, 400, 'MANIFEST_INVALID', `body ${JSON.stringify(body)}`);
@@ -678,11 +679,11 @@ describe('manifest validation', () => {
       headers: { 'Content-Type': OCI_MANIFEST },
     });
     assertError(fresh, 400, 'MANIFEST_INVALID', 'not JSON to a new repository');
-    assertNothingStored(before, 'manifests that are not JSON');
+    await assertNothingStored(before, 'manifests that are not JSON');
   });
 
   it('rejects schemaVersion 1', async () => {
-    const before = snapshot();
+    const before = await snapshot();
     const schema1 = JSON.stringify({
       schemaVersion: 1,
       name: REPO,
@@ -700,11 +701,11 @@ describe('manifest validation', () => {
       const response = await putManifest('old', schema1, contentType);
       assertError(response, 400, 'MANIFEST_INVALID', `schema 1 as ${contentType}`);
     }
-    assertNothingStored(before, 'schema 1 manifests');
+    await assertNothingStored(before, 'schema 1 manifests');
   });
 
   it('rejects a reference to a missing blob', async () => {
-    const before = snapshot();
+    const before = await snapshot();
     const missingLayer = descriptor(OCI_LAYER, 'never pushed');
     const withMissingLayer = imageManifest([descriptor(OCI_LAYER, LAYER), missingLayer]);
     const byTag = await putManifest('missing-blob', withMissingLayer);
@@ -726,16 +727,16 @@ describe('manifest validation', () => {
     // A blob held by another repository does not count.
     const elsewhere = 'only in another repository';
     await pushBlob(server, 'other/repo', elsewhere);
-    const afterOtherPush = snapshot();
+    const afterOtherPush = await snapshot();
     const foreign = await putManifest(
       'foreign-blob',
       imageManifest([descriptor(OCI_LAYER, elsewhere)]),
     );
     assertError(foreign, 400, 'MANIFEST_BLOB_UNKNOWN', 'layer held only by another repository');
-    assertNothingStored(afterOtherPush, 'manifest with a layer of another repository');
+    await assertNothingStored(afterOtherPush, 'manifest with a layer of another repository');
 
-    assert.equal(snapshot().rows.manifests, before.rows.manifests);
-    assert.equal(snapshot().rows.tags, before.rows.tags);
+    assert.equal((await snapshot()).rows.manifests, before.rows.manifests);
+    assert.equal((await snapshot()).rows.tags, before.rows.tags);
   });
 
   /** Builds a valid image manifest of exactly `size` bytes by padding an annotation. */
@@ -761,7 +762,7 @@ describe('manifest validation', () => {
     const atLimit = await putManifest('at-limit', sizedManifest(MANIFEST_LIMIT));
     assert.equal(atLimit.status, 201, `4 MiB manifest: ${atLimit.body.toString()}`);
 
-    const before = snapshot();
+    const before = await snapshot();
     const overLimit = sizedManifest(MANIFEST_LIMIT + 1);
     // The specification recommends 413 and defines no error code for it.
     const declared = await putOversized('over-limit', overLimit, {
@@ -778,7 +779,7 @@ describe('manifest validation', () => {
       'Content-Type': OCI_MANIFEST,
     });
     assertError(byDigest, 413, undefined, '4 MiB + 1 by digest');
-    assertNothingStored(before, 'oversized manifests');
+    await assertNothingStored(before, 'oversized manifests');
   });
 
   // mcr rejects a declared oversized body before reading it. If it then closes
@@ -787,7 +788,7 @@ describe('manifest validation', () => {
   // (RFC 9112, section 9.6, "Tear-down").
   it('returns 413 over Connection: close', async () => {
     const overLimit = sizedManifest(MANIFEST_LIMIT + 1);
-    const before = snapshot();
+    const before = await snapshot();
     const statusLines = new Map<string, number>();
     const attempts = 50;
     for (let i = 0; i < attempts; i++) {
@@ -815,17 +816,17 @@ describe('manifest validation', () => {
       { 'HTTP/1.1 413 Payload Too Large': attempts },
       'status lines received over Connection: close',
     );
-    assertNothingStored(before, 'oversized manifests over Connection: close');
+    await assertNothingStored(before, 'oversized manifests over Connection: close');
   });
 
   it('rejects a mediaType that disagrees with Content-Type', async () => {
-    const before = snapshot();
+    const before = await snapshot();
     const body = imageManifest([descriptor(OCI_LAYER, LAYER)]);
     for (const contentType of [DOCKER_MANIFEST, OCI_INDEX]) {
       const response = await putManifest('mismatch', body, contentType);
       assertError(response, 400, 'MANIFEST_INVALID', `OCI manifest sent as ${contentType}`);
     }
-    assertNothingStored(before, 'media type mismatch');
+    await assertNothingStored(before, 'media type mismatch');
   });
 
   it('rejects an index whose child manifest is missing', async () => {
@@ -849,7 +850,7 @@ describe('manifest validation', () => {
     const pushed = await putManifest(sha256(child), child);
     assert.equal(pushed.status, 201);
 
-    const before = snapshot();
+    const before = await snapshot();
     // A manifest rejected for naming content the registry does not hold must
     // fail with MANIFEST_BLOB_UNKNOWN, whether that content is a blob or a
     // manifest (OCI Distribution Specification v1.1, "Pushing Manifests").
@@ -857,7 +858,7 @@ describe('manifest validation', () => {
     assertError(byTag, 400, 'MANIFEST_BLOB_UNKNOWN', 'index by tag');
     const byDigest = await putManifest(sha256(index), index, OCI_INDEX);
     assertError(byDigest, 400, 'MANIFEST_BLOB_UNKNOWN', 'index by digest');
-    assertNothingStored(before, 'index with a missing child');
+    await assertNothingStored(before, 'index with a missing child');
   });
 });
 
@@ -872,12 +873,12 @@ describe('upload sessions', () => {
     assert.equal(patch.status, 202);
     assert.ok(existsSync(uploadFile(location)));
 
-    const before = snapshot();
+    const before = await snapshot();
     const wrong = sha256(Buffer.concat([data, Buffer.from('!')]));
     const response = await send('PUT', `${location}?digest=${wrong}`);
     assertError(response, 400, 'DIGEST_INVALID', 'finalize with the wrong digest');
 
-    const now = snapshot();
+    const now = await snapshot();
     assert.equal(now.rows.blobs, before.rows.blobs, 'no blob row');
     assert.equal(now.rows.repository_blobs, before.rows.repository_blobs, 'no blob link');
     assert.equal(now.rows.uploads, before.rows.uploads - 1, 'the upload row is removed');
@@ -895,14 +896,14 @@ describe('upload sessions', () => {
   // because tags/list of a repository without content must return 404 NAME_UNKNOWN.
   for (const repository of [REPO, 'mismatch/new']) {
     it(`rejects a mismatched monolithic POST to ${repository}`, async () => {
-      const before = snapshot();
+      const before = await snapshot();
       const data = randomBytes(5000);
       const wrong = sha256(Buffer.concat([data, Buffer.from('!')]));
       const response = await send('POST', `/v2/${repository}/blobs/uploads/?digest=${wrong}`, {
         body: data,
       });
       assertError(response, 400, 'DIGEST_INVALID', 'monolithic POST with the wrong digest');
-      assertNothingStored(before, `mismatched monolithic POST to ${repository}`);
+      await assertNothingStored(before, `mismatched monolithic POST to ${repository}`);
       if (repository !== REPO) {
         const tags = await send('GET', `/v2/${repository}/tags/list`);
         assertError(tags, 404, 'NAME_UNKNOWN', `tags of ${repository}`);
@@ -920,7 +921,7 @@ describe('upload sessions', () => {
     assert.equal(first.status, 202);
     assert.equal(first.headers.range, '0-9');
 
-    const before = snapshot();
+    const before = await snapshot();
     const wrongChunks: Array<[string, Buffer]> = [
       ['20-29', data.subarray(20, 30)],
       ['5-14', data.subarray(5, 15)],
@@ -935,7 +936,7 @@ describe('upload sessions', () => {
       assertError(response, 416, 'BLOB_UPLOAD_INVALID', `chunk ${range}`);
       assert.equal(response.headers.range, '0-9', `Range after chunk ${range}`);
     }
-    assertNothingStored(before, 'chunks out of order');
+    await assertNothingStored(before, 'chunks out of order');
     assert.equal(statSync(uploadFile(location)).size, 10, 'upload file keeps 10 bytes');
 
     const second = await send('PATCH', location, {
@@ -963,7 +964,7 @@ describe('upload sessions', () => {
     });
     assert.equal(first.status, 202);
 
-    const before = snapshot();
+    const before = await snapshot();
     const declared = 1000;
     await sendTruncated(
       `PATCH ${location} HTTP/1.1\r\nHost: 127.0.0.1\r\n` +
@@ -982,7 +983,7 @@ describe('upload sessions', () => {
     const status = await send('GET', location);
     assert.equal(status.status, 204);
     assert.equal(status.headers.range, '0-9', 'offset after the cut-off chunks');
-    const now = snapshot();
+    const now = await snapshot();
     assert.deepEqual(now.rows, before.rows, 'row counts after the cut-off chunks');
     assert.deepEqual(
       now.blobFiles,
@@ -1006,7 +1007,7 @@ describe('upload sessions', () => {
 
   for (const repository of [REPO, 'cut-off/new']) {
     it(`stores nothing when a monolithic POST to ${repository} is cut off`, async () => {
-      const before = snapshot();
+      const before = await snapshot();
       const data = randomBytes(64 * 1024);
       const digest = sha256(data);
       await sendTruncated(
@@ -1018,15 +1019,15 @@ describe('upload sessions', () => {
       );
       // The server cleans up after it notices the hang-up, so wait for the
       // session to go away before comparing.
-      const cleaned = await waitFor(() => {
-        const now = snapshot();
+      const cleaned = await waitFor(async () => {
+        const now = await snapshot();
         return (
           now.rows.uploads === before.rows.uploads &&
           now.uploadFiles.length === before.uploadFiles.length
         );
       });
       assert.ok(cleaned, 'the upload session of the cut-off POST is removed within 5 s');
-      assertNothingStored(before, `cut-off monolithic POST to ${repository}`);
+      await assertNothingStored(before, `cut-off monolithic POST to ${repository}`);
 
       const head = await send('HEAD', `/v2/${repository}/blobs/${digest}`);
       assert.equal(head.status, 404);

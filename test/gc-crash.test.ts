@@ -14,7 +14,6 @@ import {
   blobRows,
   getGcRun,
   insertGarbageBlobs,
-  openDatabase,
   pullProblems,
   referenceProblems,
   startGc,
@@ -22,6 +21,7 @@ import {
   waitForGc,
   type GcRunJson,
 } from './helpers/gc.js';
+import { openTestDatabase, queryTestDatabase } from './helpers/database.js';
 import {
   descriptor,
   OCI_CONFIG,
@@ -49,7 +49,7 @@ before(async () => {
     images.push({ tag: `v${i}`, digest: image.digest });
   }
   await server.stop();
-  garbage = insertGarbageBlobs(dataDir, 'crash/garbage', GARBAGE_BLOBS);
+  garbage = await insertGarbageBlobs(dataDir, 'crash/garbage', GARBAGE_BLOBS);
   server = await startServer({ dataDir, env: ENV });
 });
 
@@ -58,13 +58,9 @@ after(async () => {
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
 
-function countRows(table: string, where = ''): number {
-  const db = openDatabase(dataDir);
-  try {
-    return (db.prepare(`select count(*) as n from ${table} ${where}`).get() as { n: number }).n;
-  } finally {
-    db.close();
-  }
+async function countRows(table: string, where = ''): Promise<number> {
+  const { rows } = await queryTestDatabase(dataDir, `select count(*) as n from ${table} ${where}`);
+  return Number(rows[0]?.n);
 }
 
 /** Posts /v1/gc until it is accepted, which happens once the dead run's lock has expired. */
@@ -111,9 +107,9 @@ describe('garbage collection killed during a sweep', () => {
     }
     await server.kill();
 
-    const rowsAfterKill = blobRows(dataDir);
+    const rowsAfterKill = await blobRows(dataDir);
     const deletedBeforeKill = [...garbage.keys()].filter((digest) => !rowsAfterKill.has(digest));
-    const tombstonesAfterKill = countRows('blob_tombstones');
+    const tombstonesAfterKill = await countRows('blob_tombstones');
     console.log(
       `killed run ${killed.id} after it deleted ${deletedBeforeKill.length} of ${GARBAGE_BLOBS} garbage blobs; ${tombstonesAfterKill} tombstones left`,
     );
@@ -160,18 +156,18 @@ describe('garbage collection killed during a sweep', () => {
     assert.equal(dead.state, 'failed');
     assert.match(dead.error ?? '', /interrupted/);
 
-    const rows = blobRows(dataDir);
+    const rows = await blobRows(dataDir);
     const left = [...garbage.keys()].filter((digest) => rows.has(digest));
     assert.deepEqual(
       left,
       [repushed],
       'only the garbage blob uploaded again and referenced is left',
     );
-    assert.equal(countRows('blob_tombstones'), 0);
-    assert.equal(countRows('blob_commits'), 0);
-    assert.equal(countRows('gc_runs', "where state = 'running'"), 0);
-    assert.deepEqual(storeProblems(dataDir), []);
-    assert.deepEqual(referenceProblems(dataDir), []);
+    assert.equal(await countRows('blob_tombstones'), 0);
+    assert.equal(await countRows('blob_commits'), 0);
+    assert.equal(await countRows('gc_runs', "where state = 'running'"), 0);
+    assert.deepEqual(await storeProblems(dataDir), []);
+    assert.deepEqual(await referenceProblems(dataDir), []);
     for (const image of images) {
       assert.deepEqual(await pullProblems(server, 'crash/app', image.tag), []);
     }
@@ -207,20 +203,18 @@ describe('garbage collection killed during a sweep', () => {
     const file = blobFilePath(dataDir, digest);
     mkdirSync(path.dirname(file), { recursive: true });
     writeFileSync(file, bytes);
-    const db = openDatabase(dataDir);
+    const db = await openTestDatabase(dataDir);
     const now = Date.now();
-    db.prepare('insert into blob_tombstones (digest, holder, created_at) values (?, ?, ?)').run(
+    await db.query('insert into blob_tombstones (digest, holder, created_at) values (?, ?, ?)', [
       digest,
       'crashed-host:1:run',
       now,
+    ]);
+    await db.query(
+      'insert into locks (name, holder, acquired_at, expires_at) values (?, ?, ?, ?)',
+      ['gc', 'crashed-host:1:run', now, now + 2000],
     );
-    db.prepare('insert into locks (name, holder, acquired_at, expires_at) values (?, ?, ?, ?)').run(
-      'gc',
-      'crashed-host:1:run',
-      now,
-      now + 2000,
-    );
-    db.close();
+    await db.close();
 
     server = await startServer({ dataDir, env: ENV });
     const started = Date.now();
@@ -233,14 +227,14 @@ describe('garbage collection killed during a sweep', () => {
     console.log(`upload of a tombstoned digest completed after ${waitedMs} ms`);
     assert.equal(upload.status, 201, await upload.text());
     assert.ok(waitedMs >= 1000, 'the upload waited for the recovery');
-    assert.equal(countRows('blob_tombstones'), 0);
+    assert.equal(await countRows('blob_tombstones'), 0);
     assert.ok(
       server.logs.some(
         (entry) =>
           entry.msg === 'blob commit waited for garbage collection to delete the same digest',
       ),
     );
-    assert.deepEqual(storeProblems(dataDir), []);
+    assert.deepEqual(await storeProblems(dataDir), []);
     const pulled = await server.fetch(`/v2/crash/tombstoned/blobs/${digest}`);
     assert.equal(pulled.status, 200);
     assert.equal(sha256(Buffer.from(await pulled.arrayBuffer())), digest);

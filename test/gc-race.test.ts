@@ -17,13 +17,13 @@ import { after, before, describe, it } from 'node:test';
 
 import {
   blobRows,
-  openDatabase,
   pullProblems,
   referenceProblems,
   runGc,
   storeProblems,
   type GcRunJson,
 } from './helpers/gc.js';
+import { openTestDatabase } from './helpers/database.js';
 import { createClientSandbox, run, type ClientSandbox } from './helpers/images.js';
 import {
   descriptor,
@@ -60,22 +60,21 @@ after(async () => {
 });
 
 /** Moves the times of these blobs and of their links an hour back, so GC may take them now. */
-function age(digests: string[]): void {
-  const db = openDatabase(server.dataDir);
+async function age(digests: string[]): Promise<void> {
+  const db = await openTestDatabase(server.dataDir);
   try {
     const hourAgo = Date.now() - 3_600_000;
-    const blobs = db.prepare('update blobs set created_at = ? where digest = ?');
-    const links = db.prepare(
-      'update repository_blobs set created_at = ? where blob_id = (select id from blobs where digest = ?)',
-    );
-    db.transaction(() => {
-      for (const digest of digests) {
-        blobs.run(hourAgo, digest);
-        links.run(hourAgo, digest);
-      }
-    })();
+    await db.query('begin');
+    for (const digest of digests) {
+      await db.query('update blobs set created_at = ? where digest = ?', [hourAgo, digest]);
+      await db.query(
+        'update repository_blobs set created_at = ? where blob_id = (select id from blobs where digest = ?)',
+        [hourAgo, digest],
+      );
+    }
+    await db.query('commit');
   } finally {
-    db.close();
+    await db.close();
   }
 }
 
@@ -210,18 +209,18 @@ describe('garbage collection during pushes', () => {
   it('restarts the grace period when a blob is uploaded again', async () => {
     const bytes = randomBytes(2048);
     const digest = await pushBlob(server, 'race/relink', bytes);
-    age([digest]);
+    await age([digest]);
     await pushBlob(server, 'race/relink', bytes);
 
     assert.equal((await runGc(server)).state, 'succeeded');
     assert.ok(
-      blobRows(server.dataDir).has(digest),
+      (await blobRows(server.dataDir)).has(digest),
       'blob uploaded again within the grace period kept',
     );
 
-    age([digest]);
+    await age([digest]);
     assert.equal((await runGc(server)).state, 'succeeded');
-    assert.ok(!blobRows(server.dataDir).has(digest), 'blob deleted once its link is old');
+    assert.ok(!(await blobRows(server.dataDir)).has(digest), 'blob deleted once its link is old');
   });
 
   it('loses nothing while pushes re-use the layers being swept', async () => {
@@ -260,7 +259,10 @@ describe('garbage collection during pushes', () => {
           });
           assert.equal(response.status, 202);
         }
-        age([...layers.map((layer) => sha256(layer)), ...doomed.map((image) => image.config)]);
+        await age([
+          ...layers.map((layer) => sha256(layer)),
+          ...doomed.map((image) => image.config),
+        ]);
         const previous = agedLayers;
         agedLayers = layers;
 
@@ -321,7 +323,7 @@ describe('garbage collection during pushes', () => {
         .filter((entry) => entry.msg === 'unused blobs deleted')
         .flatMap((entry) => entry.digests as string[]),
     );
-    const stored = blobRows(server.dataDir);
+    const stored = await blobRows(server.dataDir);
     const recreated = [...deletedDigests].filter((digest) => stored.has(digest));
     console.log(
       `${pushes} pushes, ${runs.length} GC runs deleting ${deleted} blobs; ${recreated.length} deleted blobs were uploaded again and kept; ${waits.length} uploads waited for a tombstone`,
@@ -334,8 +336,8 @@ describe('garbage collection during pushes', () => {
     for (const image of keptImages) {
       assert.deepEqual(await pullProblems(server, image.repository, image.tag), []);
     }
-    assert.deepEqual(storeProblems(server.dataDir), []);
-    assert.deepEqual(referenceProblems(server.dataDir), []);
+    assert.deepEqual(await storeProblems(server.dataDir), []);
+    assert.deepEqual(await referenceProblems(server.dataDir), []);
     const missingBytes = server.logs.filter(
       (entry) =>
         entry.msg === 'blob is recorded in the database but its bytes are missing from storage',

@@ -15,7 +15,6 @@ import {
   blobRows,
   getGcRun,
   insertGarbageBlobs,
-  openDatabase,
   pullProblems,
   referenceProblems,
   runGc,
@@ -24,6 +23,7 @@ import {
   waitForGc,
   type GcRunJson,
 } from './helpers/gc.js';
+import { openTestDatabase, queryTestDatabase } from './helpers/database.js';
 import {
   descriptor,
   OCI_CONFIG,
@@ -154,7 +154,7 @@ describe('garbage collection of blobs and manifests', () => {
     await deleteManifest('gc/a', 'two');
 
     const garbage = [one.config, one.layers[1] as string, lone];
-    const rowsBefore = blobRows(server.dataDir);
+    const rowsBefore = await blobRows(server.dataDir);
     const filesBefore = blobFiles(server.dataDir);
     const garbageBytes = garbage.reduce((sum, digest) => sum + (rowsBefore.get(digest) ?? 0), 0);
 
@@ -163,7 +163,7 @@ describe('garbage collection of blobs and manifests', () => {
     assert.equal(dry.dry_run, true);
     assert.equal(dry.blobs_deleted, garbage.length);
     assert.equal(dry.bytes_freed, garbageBytes);
-    assert.deepEqual(blobRows(server.dataDir), rowsBefore, 'a dry run deletes no row');
+    assert.deepEqual(await blobRows(server.dataDir), rowsBefore, 'a dry run deletes no row');
     assert.deepEqual(blobFiles(server.dataDir), filesBefore, 'a dry run deletes no file');
 
     const real = await runGc(server);
@@ -175,10 +175,10 @@ describe('garbage collection of blobs and manifests', () => {
 
     const expectedRows = new Map(rowsBefore);
     for (const digest of garbage) expectedRows.delete(digest);
-    assert.deepEqual(blobRows(server.dataDir), expectedRows);
+    assert.deepEqual(await blobRows(server.dataDir), expectedRows);
     assert.deepEqual(blobFiles(server.dataDir), new Set(expectedRows.keys()));
-    assert.deepEqual(storeProblems(server.dataDir), []);
-    assert.deepEqual(referenceProblems(server.dataDir), []);
+    assert.deepEqual(await storeProblems(server.dataDir), []);
+    assert.deepEqual(await referenceProblems(server.dataDir), []);
 
     await assertPulls('gc/a', two.digest);
     await assertPulls('gc/b', 'three');
@@ -194,7 +194,7 @@ describe('garbage collection of blobs and manifests', () => {
     assertSucceeded(untagged);
     assert.equal(untagged.manifests_deleted, 1);
     assert.equal(untagged.blobs_deleted, 2);
-    let rows = blobRows(server.dataDir);
+    let rows = await blobRows(server.dataDir);
     assert.ok(!rows.has(two.config), 'config of two deleted');
     assert.ok(!rows.has(two.layers[1] as string), 'layer only in two deleted');
     assert.ok(rows.has(sha256(shared)), 'shared layer kept for three');
@@ -208,7 +208,7 @@ describe('garbage collection of blobs and manifests', () => {
     assertSucceeded(children);
     assert.equal(children.manifests_deleted, 3);
     assert.equal(children.blobs_deleted, 4);
-    rows = blobRows(server.dataDir);
+    rows = await blobRows(server.dataDir);
     for (const digest of [x.config, y.config, ...x.layers, ...y.layers]) {
       assert.ok(!rows.has(digest), `blob ${digest} of an index child deleted`);
     }
@@ -220,7 +220,7 @@ describe('garbage collection of blobs and manifests', () => {
     assertSucceeded(last);
     assert.equal(last.manifests_deleted, 1);
     assert.equal(last.blobs_deleted, 5);
-    assert.deepEqual(blobRows(server.dataDir), new Map());
+    assert.deepEqual(await blobRows(server.dataDir), new Map());
     assert.deepEqual(blobFiles(server.dataDir), new Set());
   });
 });
@@ -230,19 +230,18 @@ describe('garbage collection during a sweep', () => {
     // Thousands of old garbage blobs make the sweep long enough to push
     // during it. The sweep goes by row id, so it has passed the first
     // garbage blob and not yet reached the last when the pushes land.
-    const garbage = [...insertGarbageBlobs(server.dataDir, 'gc/bulk', 10_000)];
+    const garbage = [...(await insertGarbageBlobs(server.dataDir, 'gc/bulk', 10_000))];
     const [firstDigest, firstBytes] = garbage[0]!;
     const [lastDigest, lastBytes] = garbage[garbage.length - 1]!;
 
     const started = await startGc(server);
-    const db = openDatabase(server.dataDir);
-    const firstRow = db.prepare('select 1 from blobs where digest = ?');
+    const db = await openTestDatabase(server.dataDir);
     const deadline = Date.now() + 30_000;
-    while (firstRow.get(firstDigest) !== undefined) {
+    while ((await db.query('select 1 from blobs where digest = ?', [firstDigest])).rows.length) {
       assert.ok(Date.now() < deadline, 'the sweep did not reach the first garbage blob in 30 s');
       await sleep(1);
     }
-    db.close();
+    await db.close();
 
     await pushBlob(server, 'gc/during', firstBytes);
     await pushBlob(server, 'gc/during', lastBytes);
@@ -265,7 +264,7 @@ describe('garbage collection during a sweep', () => {
 
     const run = await waitForGc(server, started.id);
     assertSucceeded(run);
-    const rows = blobRows(server.dataDir);
+    const rows = await blobRows(server.dataDir);
     for (const digest of [firstDigest, lastDigest, sha256(fresh), config]) {
       assert.ok(rows.has(digest), `blob ${digest} kept`);
     }
@@ -275,7 +274,7 @@ describe('garbage collection during a sweep', () => {
       'every other garbage blob deleted',
     );
     await assertPulls('gc/during', 'v1');
-    assert.deepEqual(storeProblems(server.dataDir), []);
+    assert.deepEqual(await storeProblems(server.dataDir), []);
   });
 });
 
@@ -298,12 +297,10 @@ describe('garbage collection of uploads and orphaned files', () => {
     const abandonedId = abandoned.split('/').pop() as string;
     const activeId = active.split('/').pop() as string;
 
-    const db = openDatabase(server.dataDir);
-    db.prepare('update uploads set updated_at = ? where id = ?').run(
+    await queryTestDatabase(server.dataDir, 'update uploads set updated_at = ? where id = ?', [
       Date.now() - 2 * 3_600_000,
       abandonedId,
-    );
-    db.close();
+    ]);
 
     const uploadsDir = path.join(server.dataDir, 'uploads');
     const twoHoursAgo = new Date(Date.now() - 2 * 3_600_000);
@@ -482,7 +479,10 @@ describe('gc configuration', () => {
         runs = ((await response.json()) as { runs: GcRunJson[] }).runs;
       }
       assert.ok(runs.every((run) => run.trigger === 'schedule'));
-      assert.ok(!blobRows(scheduled.dataDir).has(lone), 'the scheduled runs deleted the blob');
+      assert.ok(
+        !(await blobRows(scheduled.dataDir)).has(lone),
+        'the scheduled runs deleted the blob',
+      );
     } finally {
       await scheduled.cleanup();
     }

@@ -1,14 +1,12 @@
 // mcr keeps manifests it looked up in memory while the database is
 // unchanged. These tests read a manifest once, so that it is cached, then
 // change what the tag or digest names (through the API, the admin API and
-// directly in the SQLite file from another connection). The next read must
+// directly in the database from another connection). The next read must
 // return the changed manifest or 404.
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import Database from 'better-sqlite3';
-
+import { queryTestDatabase } from './helpers/database.js';
 import { OCI_MANIFEST, pushImage } from './helpers/oci.js';
 import { startServer, type TestServer } from './helpers/server.js';
 
@@ -87,21 +85,15 @@ describe('manifest lookup cache', () => {
     assert.deepEqual(await read('cache/outside', 'v1'), { status: 200, digest: first.digest });
 
     // Points v1 at v2's manifest from a connection of this test process, as
-    // another mcr process or an operator's sqlite3 shell would.
-    const database = new Database(path.join(server.dataDir, 'mcr.db'));
-    try {
-      database.pragma('busy_timeout = 5000');
-      const changed = database
-        .prepare(
-          `UPDATE tags SET manifest_id = (SELECT id FROM manifests WHERE digest = ?)
-            WHERE name = 'v1'
-              AND repository_id = (SELECT id FROM repositories WHERE name = 'cache/outside')`,
-        )
-        .run(second.digest);
-      assert.equal(changed.changes, 1);
-    } finally {
-      database.close();
-    }
+    // another mcr process or an operator's database shell would.
+    const changed = await queryTestDatabase(
+      server.dataDir,
+      `UPDATE tags SET manifest_id = (SELECT id FROM manifests WHERE digest = ?)
+        WHERE name = 'v1'
+          AND repository_id = (SELECT id FROM repositories WHERE name = 'cache/outside')`,
+      [second.digest],
+    );
+    assert.equal(changed.changes, 1);
     assert.deepEqual(await read('cache/outside', 'v1'), { status: 200, digest: second.digest });
   });
 });

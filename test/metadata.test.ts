@@ -147,7 +147,7 @@ describe('metadata database', () => {
       assert.equal(handle.changeCounter!(), firstWithOwnWrites);
 
       // A request arriving makes the next read see the commit.
-      handle.forgetDataVersion!();
+      handle.onRequestArrival!();
       const second = counter();
       assert.notEqual(second, first);
 
@@ -166,7 +166,7 @@ describe('commits of other connections', () => {
   it('are each seen by the next read of data_version', async () => {
     const { handle, other, commitElsewhere } = await openWithOtherConnection();
     const readAfterRequest = () => {
-      handle.forgetDataVersion!();
+      handle.onRequestArrival!();
       return handle.externalChangeCounter!();
     };
     try {

@@ -1,16 +1,15 @@
-// Two mcr processes on one data directory, as when an operator runs a second
-// instance on the same SQLite database. Each process remembers verified
-// credentials. A change made through one process must take effect at the
-// other's next request, not when its remembered entry expires. An upload
-// session must continue on either process.
+// Two mcr processes on one data directory and one database (the SQLite file,
+// or one PostgreSQL database), as when an operator runs a second instance.
+// Each process remembers verified credentials. A change made through one
+// process must take effect at the other's next request, not when its
+// remembered entry expires. An upload session must continue on either
+// process.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-
-import Database from 'better-sqlite3';
 
 import {
   ADMIN_PASSWORD,
@@ -19,6 +18,7 @@ import {
   startServer,
   type TestServer,
 } from './helpers/server.js';
+import { queryTestDatabase } from './helpers/database.js';
 import { sha256 } from './helpers/oci.js';
 
 let first: TestServer;
@@ -95,21 +95,14 @@ describe('credentials remembered by another process', () => {
     assert.equal(await statusAt(second, 'mp-hash', 'mp-hash-password'), 200);
 
     // Gives mp-hash the admin's password hash from outside mcr, as a restore
-    // or an operator's sqlite3 shell would; updated_at stays as it was.
-    const database = new Database(path.join(first.dataDir, 'mcr.db'));
-    try {
-      database.pragma('busy_timeout = 5000');
-      const changed = database
-        .prepare(
-          `UPDATE accounts SET password_hash =
-             (SELECT password_hash FROM accounts WHERE username = 'admin')
-           WHERE username = 'mp-hash'`,
-        )
-        .run();
-      assert.equal(changed.changes, 1);
-    } finally {
-      database.close();
-    }
+    // or an operator's database shell would; updated_at stays as it was.
+    const changed = await queryTestDatabase(
+      first.dataDir,
+      `UPDATE accounts SET password_hash =
+         (SELECT password_hash FROM accounts WHERE username = 'admin')
+       WHERE username = 'mp-hash'`,
+    );
+    assert.equal(changed.changes, 1);
     assert.equal(await statusAt(second, 'mp-hash', 'mp-hash-password'), 401);
     assert.equal(await statusAt(second, 'mp-hash', ADMIN_PASSWORD), 200);
   });

@@ -57,9 +57,8 @@ type Verified = Principal & { passwordHash?: string };
  * How long a remembered login is used without reading the database, so that
  * a client sending Basic credentials on every request pays neither for argon2
  * nor for a database read each time. Changing or disabling an account or
- * revoking a token through this process drops the entry at once. On SQLite, a
- * commit by another process makes the next use check the entry; on
- * PostgreSQL, other processes' changes are seen within this time.
+ * revoking a token through this process drops the entry at once. A commit
+ * by another process makes the next use check the entry.
  */
 const CREDENTIAL_CACHE_MS = 30_000;
 const CREDENTIAL_CACHE_MAX = 10_000;

@@ -60,8 +60,8 @@ export interface ServerOptions {
   log: Logger;
   externalUrl: string;
   https?: { cert: Buffer; key: Buffer };
-  /** Called as each request arrives, before its hooks and handler run. */
-  onRequestArrival?: () => void;
+  /** Called and waited for as each request arrives, before its other hooks and handler run. */
+  onRequestArrival?: () => void | Promise<void>;
 }
 
 /**
@@ -109,7 +109,9 @@ export function buildServer(options: ServerOptions): FastifyInstance {
   });
 
   app.addHook('onRequest', async (_request, reply) => {
-    options.onRequestArrival?.();
+    // SQLite's answer is synchronous; only PostgreSQL's needs the await.
+    const arrival = options.onRequestArrival?.();
+    if (arrival) await arrival;
     reply.header('Docker-Distribution-API-Version', 'registry/2.0');
   });
 

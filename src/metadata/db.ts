@@ -22,18 +22,20 @@ export interface MetadataDb {
   dialect: Dialect;
   /**
    * Returns a number that changes whenever any connection commits a write,
-   * for caches of what the database holds. It is undefined for PostgreSQL,
-   * which offers no cheap way to tell, so nothing may be cached there.
+   * for caches of what the database holds. Where it is undefined, nothing may
+   * be cached.
    */
   changeCounter?: () => number;
-  /** Like changeCounter, but counts only commits of other connections (other processes). */
+  /**
+   * Like changeCounter, but counts commits of other connections (other
+   * processes). On PostgreSQL it counts every commit, as changeCounter does.
+   */
   externalChangeCounter?: () => number;
   /**
-   * Makes the next counter read ask SQLite again. The server calls it as each
-   * request arrives, so that the counters a request reads include every
-   * commit made before it arrived.
+   * The server calls it as each request arrives and waits for it, so that
+   * the counters a request reads include every commit made before it arrived.
    */
-  forgetDataVersion?: () => void;
+  onRequestArrival?: () => void | Promise<void>;
   /** The SQLite file, when the dialect is SQLite. */
   sqlitePath?: string;
   close(): Promise<void>;
@@ -54,12 +56,18 @@ export interface OpenOptions {
   backgroundCheckpoints?: boolean;
   /** Called when background checkpoints fail and commits take them over again. */
   onCheckpointError?: (error: Error) => void;
+  /**
+   * Called when an idle PostgreSQL connection fails, as when the server
+   * restarts or ends it. The pool opens another for the next query. Without
+   * a listener, the failure would end the process.
+   */
+  onConnectionError?: (error: Error) => void;
 }
 
 /** Opens the metadata database and brings its schema up to date. */
 export async function openMetadataDb(options: OpenOptions): Promise<MetadataDb> {
   const handle =
-    options.driver === 'sqlite' ? await openSqlite(options) : await openPostgres(options.url ?? '');
+    options.driver === 'sqlite' ? await openSqlite(options) : await openPostgres(options);
   await migrate(handle.db, handle.dialect);
   return handle;
 }
@@ -119,7 +127,7 @@ async function openSqlite(options: OpenOptions): Promise<MetadataDb> {
     sqlitePath: file,
     changeCounter: () => connection.writes + readDataVersion(),
     externalChangeCounter: readDataVersion,
-    forgetDataVersion,
+    onRequestArrival: forgetDataVersion,
     close: async () => {
       await checkpointer?.stop();
       await db.destroy();
@@ -265,14 +273,83 @@ async function startCheckpointer(
   };
 }
 
-async function openPostgres(url: string): Promise<MetadataDb> {
+async function openPostgres(options: OpenOptions): Promise<MetadataDb> {
   // Loaded only for PostgreSQL, so that a SQLite registry does not carry the client.
   const { default: pg } = await import('pg');
   // 64-bit integers (ids, sizes, times) fit in a JavaScript number below 2^53.
   pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
-  const pool = new pg.Pool({ connectionString: url, max: 10 });
+  const pool = new pg.Pool({ connectionString: options.url ?? '', max: 10 });
+  pool.on('error', (error) => options.onConnectionError?.(error));
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  return { db, dialect: 'postgres', close: () => db.destroy() };
+  const position = new WalPositionWatch(async () => {
+    const result = await pool.query<{ lsn: string }>('select pg_current_wal_insert_lsn() as lsn');
+    return parseLsn(result.rows[0]?.lsn ?? '');
+  });
+  return {
+    db,
+    dialect: 'postgres',
+    changeCounter: () => position.value,
+    externalChangeCounter: () => position.value,
+    onRequestArrival: () => position.refresh(),
+    close: () => db.destroy(),
+  };
+}
+
+/**
+ * PostgreSQL's position in its write-ahead log, as a change counter: every
+ * commit that wrote anything, by any process, moves it forward before the
+ * committing client gets its answer. Writes that change nothing mcr reads,
+ * such as vacuum or another database of the server, move it too; they only
+ * make caches look again.
+ *
+ * Each refresh asks the server once, after the caller arrived, so a request
+ * sees every commit that finished before it. Requests arriving while a query
+ * is under way share the next query instead of each sending one.
+ */
+class WalPositionWatch {
+  /** The last position read, or a new negative number after each failed read. */
+  value = 0;
+  private failures = 0;
+  private running: Promise<void> | undefined;
+  private queued: Promise<void> | undefined;
+
+  constructor(private readonly read: () => Promise<number>) {}
+
+  refresh(): Promise<void> {
+    if (this.running === undefined) return this.start();
+    // The query under way may have run before the caller's arrival.
+    this.queued ??= this.running.then(() => {
+      this.queued = undefined;
+      return this.start();
+    });
+    return this.queued;
+  }
+
+  private start(): Promise<void> {
+    const running = this.read().then(
+      (position) => {
+        this.value = position;
+      },
+      () => {
+        // A new value, so that no cache answers the request. If the
+        // database is down, the request fails in its own queries.
+        this.failures += 1;
+        this.value = -this.failures;
+      },
+    );
+    this.running = running.finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+}
+
+/** Converts a log position such as `16/B374D848` to a number (exact below 2^53 bytes). */
+function parseLsn(lsn: string): number {
+  const [high, low] = lsn.split('/');
+  const value = parseInt(high ?? '', 16) * 2 ** 32 + parseInt(low ?? '', 16);
+  if (!Number.isFinite(value)) throw new Error(`unexpected WAL position "${lsn}"`);
+  return value;
 }
 
 /** Prepared statements kept per connection; the application has far fewer distinct queries. */

@@ -3,8 +3,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import Database from 'better-sqlite3';
-
+import { openTestDatabase, queryTestDatabase } from './database.js';
 import { DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, sha256 } from './oci.js';
 import type { TestServer } from './server.js';
 
@@ -67,25 +66,10 @@ export async function runGc(server: TestServer, body: object = {}): Promise<GcRu
   return waitForGc(server, started.id);
 }
 
-/** Opens the server's SQLite database for reading next to the running server. */
-export function openDatabase(dataDir: string): Database.Database {
-  const db = new Database(path.join(dataDir, 'mcr.db'), { fileMustExist: true });
-  db.pragma('busy_timeout = 5000');
-  return db;
-}
-
 /** Blob rows: digest mapped to size. */
-export function blobRows(dataDir: string): Map<string, number> {
-  const db = openDatabase(dataDir);
-  try {
-    const rows = db.prepare('select digest, size from blobs').all() as Array<{
-      digest: string;
-      size: number;
-    }>;
-    return new Map(rows.map((row) => [row.digest, Number(row.size)]));
-  } finally {
-    db.close();
-  }
+export async function blobRows(dataDir: string): Promise<Map<string, number>> {
+  const { rows } = await queryTestDatabase(dataDir, 'select digest, size from blobs');
+  return new Map(rows.map((row) => [row.digest as string, Number(row.size)]));
 }
 
 /** Digests of every blob file under the data directory. */
@@ -113,7 +97,7 @@ export function blobFilePath(dataDir: string, digest: string): string {
  * digest its path names, and every blob row has a file of the recorded size.
  * Returns one line per problem.
  */
-export function storeProblems(dataDir: string): string[] {
+export async function storeProblems(dataDir: string): Promise<string[]> {
   const problems: string[] = [];
   const files = blobFiles(dataDir);
   for (const digest of files) {
@@ -122,7 +106,7 @@ export function storeProblems(dataDir: string): string[] {
     const actual = `${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`;
     if (actual !== digest) problems.push(`file ${digest} holds bytes of ${actual}`);
   }
-  for (const [digest, size] of blobRows(dataDir)) {
+  for (const [digest, size] of await blobRows(dataDir)) {
     if (!files.has(digest)) {
       problems.push(`row ${digest} has no file`);
       continue;
@@ -138,21 +122,17 @@ export function storeProblems(dataDir: string): string[] {
  * blob points at an existing blob row with the same digest. Returns one line
  * per problem.
  */
-export function referenceProblems(dataDir: string): string[] {
-  const db = openDatabase(dataDir);
-  try {
-    const rows = db
-      .prepare(
-        `select r.digest as digest, b.digest as stored from manifest_references r
-         left join blobs b on b.id = r.blob_id where r.kind = 'blob'`,
-      )
-      .all() as Array<{ digest: string; stored: string | null }>;
-    return rows
-      .filter((row) => row.stored !== row.digest)
-      .map((row) => `manifest reference ${row.digest} points at blob row ${row.stored}`);
-  } finally {
-    db.close();
-  }
+export async function referenceProblems(dataDir: string): Promise<string[]> {
+  const { rows } = await queryTestDatabase(
+    dataDir,
+    `select r.digest as digest, b.digest as stored from manifest_references r
+     left join blobs b on b.id = r.blob_id where r.kind = 'blob'`,
+  );
+  return rows
+    .filter((row) => row.stored !== row.digest)
+    .map(
+      (row) => `manifest reference ${String(row.digest)} points at blob row ${String(row.stored)}`,
+    );
 }
 
 const MANIFEST_ACCEPT = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(', ');
@@ -205,49 +185,46 @@ export async function pullProblems(
 }
 
 /**
- * Writes `count` small blobs straight into a server's data directory (SQLite
- * lets the test write next to the running server): files plus blob rows and
- * links into `repository`, created an hour ago, so
- * garbage collection finds them unreferenced and old. Returns their digests
- * mapped to their bytes.
+ * Writes `count` small blobs straight into a server's data directory and
+ * database, next to the running server: files plus blob rows and links into
+ * `repository`, created an hour ago, so garbage collection finds them
+ * unreferenced and old. Returns their digests mapped to their bytes.
  */
-export function insertGarbageBlobs(
+export async function insertGarbageBlobs(
   dataDir: string,
   repository: string,
   count: number,
-): Map<string, Buffer> {
-  const db = openDatabase(dataDir);
+): Promise<Map<string, Buffer>> {
+  const db = await openTestDatabase(dataDir);
   const createdAt = Date.now() - 3_600_000;
   const blobs = new Map<string, Buffer>();
   try {
-    const repositoryId = (
-      db
-        .prepare(
-          `insert into repositories (name, created_at) values (?, ?)
-           on conflict (name) do update set name = excluded.name returning id`,
-        )
-        .get(repository, createdAt) as { id: number }
-    ).id;
-    const insertBlob = db.prepare(
-      'insert into blobs (digest, size, created_at) values (?, ?, ?) returning id',
+    await db.query('begin');
+    const inserted = await db.query(
+      `insert into repositories (name, created_at) values (?, ?)
+       on conflict (name) do update set name = excluded.name returning id`,
+      [repository, createdAt],
     );
-    const insertLink = db.prepare(
-      'insert into repository_blobs (repository_id, blob_id, created_at) values (?, ?, ?)',
-    );
-    db.transaction(() => {
-      for (let i = 0; i < count; i++) {
-        const bytes = randomBytes(64 + (i % 200));
-        const digest = sha256(bytes);
-        const file = blobFilePath(dataDir, digest);
-        mkdirSync(path.dirname(file), { recursive: true });
-        writeFileSync(file, bytes);
-        const { id } = insertBlob.get(digest, bytes.length, createdAt) as { id: number };
-        insertLink.run(repositoryId, id, createdAt);
-        blobs.set(digest, bytes);
-      }
-    })();
+    const repositoryId = inserted.rows[0]?.id as number;
+    for (let i = 0; i < count; i++) {
+      const bytes = randomBytes(64 + (i % 200));
+      const digest = sha256(bytes);
+      const file = blobFilePath(dataDir, digest);
+      mkdirSync(path.dirname(file), { recursive: true });
+      writeFileSync(file, bytes);
+      const blob = await db.query(
+        'insert into blobs (digest, size, created_at) values (?, ?, ?) returning id',
+        [digest, bytes.length, createdAt],
+      );
+      await db.query(
+        'insert into repository_blobs (repository_id, blob_id, created_at) values (?, ?, ?)',
+        [repositoryId, blob.rows[0]?.id, createdAt],
+      );
+      blobs.set(digest, bytes);
+    }
+    await db.query('commit');
   } finally {
-    db.close();
+    await db.close();
   }
   return blobs;
 }

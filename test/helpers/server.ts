@@ -5,6 +5,8 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
+import { createDatabaseFor, dropDatabaseFor, testPostgresUrl } from './postgres.js';
+
 /** The compiled server entry point, next to this compiled helper. */
 export const MCR_ENTRY = path.resolve(
   path.dirname(fileURLToPath(import.meta.url)),
@@ -63,9 +65,20 @@ export interface StartOptions {
   port?: number;
 }
 
-/** Starts mcr and resolves once it logs that it is listening. */
+/**
+ * Starts mcr and resolves once it logs that it is listening. On a PostgreSQL
+ * test run (MCR_TEST_POSTGRES_URL), a server whose environment names no
+ * database driver gets the database of its data directory on that server.
+ */
 export async function startServer(options: StartOptions = {}): Promise<TestServer> {
   const dataDir = options.dataDir ?? mkdtempSync(path.join(tmpdir(), 'mcr-test-'));
+  const postgres = options.env?.MCR_DATABASE_DRIVER === undefined ? testPostgresUrl() : undefined;
+  const database = postgres
+    ? {
+        MCR_DATABASE_DRIVER: 'postgres',
+        MCR_DATABASE_URL: await createDatabaseFor(postgres, dataDir),
+      }
+    : {};
   const child = spawn(process.execPath, [...MCR_NODE_FLAGS, MCR_ENTRY, 'serve'], {
     env: {
       PATH: process.env.PATH ?? '',
@@ -75,6 +88,7 @@ export async function startServer(options: StartOptions = {}): Promise<TestServe
       MCR_LOG_LEVEL: 'info',
       MCR_ADMIN_PASSWORD: ADMIN_PASSWORD,
       ...MCR_NODE_ENV,
+      ...database,
       ...options.env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -140,7 +154,10 @@ export async function startServer(options: StartOptions = {}): Promise<TestServe
     kill: () => stopWith('SIGKILL'),
     async cleanup() {
       await stopWith('SIGTERM');
-      if (!options.dataDir) rmSync(dataDir, { recursive: true, force: true });
+      if (!options.dataDir) {
+        rmSync(dataDir, { recursive: true, force: true });
+        if (postgres) await dropDatabaseFor(postgres, dataDir);
+      }
     },
   };
 }
