@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
+import { blobFilePath } from './helpers/gc.js';
 import { pushBlob, sha256, sha512 } from './helpers/oci.js';
 import { startServer, type TestServer } from './helpers/server.js';
 
@@ -436,6 +437,34 @@ describe('blob reads', () => {
     assert.equal(await errorCode(get), 'BLOB_UNKNOWN');
     const head = await server.fetch(`/v2/elsewhere/blobs/${digest}`, { method: 'HEAD' });
     assert.equal(head.status, 404);
+  });
+
+  it('answers 404 for bytes lost from storage until pushed again', async () => {
+    const lost = Buffer.from('bytes an operator deleted by hand');
+    const lostDigest = await pushBlob(server, 'reads', lost);
+    rmSync(blobFilePath(server.dataDir, lostDigest));
+
+    const head = await server.fetch(`/v2/reads/blobs/${lostDigest}`, { method: 'HEAD' });
+    assert.equal(head.status, 404);
+    assert.equal(head.headers.get('docker-content-digest'), null);
+    const get = await server.fetch(`/v2/reads/blobs/${lostDigest}`);
+    assert.equal(get.status, 404);
+    assert.equal(await errorCode(get), 'BLOB_UNKNOWN');
+    assert.ok(
+      server.logs.some(
+        (entry) =>
+          entry.digest === lostDigest &&
+          entry.msg === 'blob is recorded in the database but its bytes are missing from storage',
+      ),
+    );
+
+    // A client that gets 404 uploads the blob again, which restores the file.
+    assert.equal(await pushBlob(server, 'reads', lost), lostDigest);
+    const restored = await server.fetch(`/v2/reads/blobs/${lostDigest}`);
+    assert.equal(restored.status, 200);
+    assert.deepEqual(Buffer.from(await restored.arrayBuffer()), lost);
+    const headAgain = await server.fetch(`/v2/reads/blobs/${lostDigest}`, { method: 'HEAD' });
+    assert.equal(headAgain.status, 200);
   });
 
   it('rejects a malformed digest', async () => {

@@ -38,12 +38,27 @@ export class Blobs {
       return await this.ctx.store.openReader(digest);
     } catch (error) {
       if (!(error instanceof BlobNotFoundError)) throw error;
-      this.ctx.log.error(
-        { repository, digest: digest.value },
-        'blob is recorded in the database but its bytes are missing from storage',
-      );
-      throw blobUnknown(repository, digest.value);
+      throw this.missingBytes(repository, digest);
     }
+  }
+
+  /**
+   * Throws BLOB_UNKNOWN unless storage has the blob's bytes, so that HEAD
+   * agrees with GET. A client that gets 404 uploads the blob again, which puts
+   * back bytes that were lost from storage.
+   */
+  async assertStored(repository: string, digest: Digest): Promise<void> {
+    if ((await this.ctx.store.stat(digest)) === undefined) {
+      throw this.missingBytes(repository, digest);
+    }
+  }
+
+  private missingBytes(repository: string, digest: Digest): RegistryError {
+    this.ctx.log.error(
+      { repository, digest: digest.value },
+      'blob is recorded in the database but its bytes are missing from storage',
+    );
+    return blobUnknown(repository, digest.value);
   }
 
   /**
