@@ -5,6 +5,7 @@ import path from 'node:path';
 import type { Kysely, Selectable } from 'kysely';
 import type { Logger } from 'pino';
 
+import { ConfigError } from '../config/index.js';
 import type { AccountsTable, Database } from '../metadata/schema.js';
 import {
   ACCOUNT_KINDS,
@@ -255,6 +256,9 @@ export class Accounts {
       if (error instanceof AccountError && error.reason === 'conflict' && (await this.hasAdmin())) {
         this.log.info({ account: 'admin' }, 'another process created the admin account');
         return;
+      }
+      if (error instanceof AccountError && error.reason === 'invalid') {
+        throw new ConfigError(`invalid MCR_ADMIN_PASSWORD: ${error.message}`);
       }
       throw error;
     }

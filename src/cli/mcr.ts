@@ -29,7 +29,16 @@ program
     }
 
     const log = createLogger(config.log.level);
-    const running = await startRegistry(config, log);
+    let running;
+    try {
+      running = await startRegistry(config, log);
+    } catch (error) {
+      if (error instanceof ConfigError) {
+        process.stderr.write(`mcr: ${error.message}\n`);
+        process.exit(2);
+      }
+      throw error;
+    }
 
     let stopping = false;
     const stop = (signal: string) => {
