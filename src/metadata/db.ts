@@ -278,42 +278,60 @@ async function openPostgres(options: OpenOptions): Promise<MetadataDb> {
   const { default: pg } = await import('pg');
   // 64-bit integers (ids, sizes, times) fit in a JavaScript number below 2^53.
   pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
-  const pool = new pg.Pool({ connectionString: options.url ?? '', max: 10 });
+  const pool = new pg.Pool({
+    connectionString: options.url ?? '',
+    max: 10,
+    // A request waits at most this long for a connection, so that a server
+    // that does not respond, or locks that hold every connection, fail
+    // requests instead of stalling them without end.
+    connectionTimeoutMillis: CONNECTION_TIMEOUT_MS,
+  });
   pool.on('error', (error) => options.onConnectionError?.(error));
+  // A connection that fails during a query emits the error too, with no
+  // listener of the pool's while it is checked out. The query in flight
+  // rejects with the same error, so nothing more is needed here.
+  pool.on('connect', (client) => client.on('error', () => undefined));
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  const position = new WalPositionWatch(async () => {
-    const result = await pool.query<{ lsn: string }>('select pg_current_wal_insert_lsn() as lsn');
-    return parseLsn(result.rows[0]?.lsn ?? '');
+  const snapshots = new SnapshotWatch(async () => {
+    const result = await pool.query<{ snapshot: string }>(
+      'select pg_current_snapshot()::text as snapshot',
+    );
+    return result.rows[0]?.snapshot ?? '';
   });
   return {
     db,
     dialect: 'postgres',
-    changeCounter: () => position.value,
-    externalChangeCounter: () => position.value,
-    onRequestArrival: () => position.refresh(),
+    changeCounter: () => snapshots.value,
+    externalChangeCounter: () => snapshots.value,
+    onRequestArrival: () => snapshots.refresh(),
     close: () => db.destroy(),
   };
 }
 
 /**
- * PostgreSQL's position in its write-ahead log, as a change counter: every
- * commit that wrote anything, by any process, moves it forward before the
- * committing client gets its answer. Writes that change nothing mcr reads,
- * such as vacuum or another database of the server, move it too; they only
- * make caches look again.
+ * A change counter for PostgreSQL, from the server's current snapshot
+ * (`xmin:xmax:in-progress xids`). Two equal snapshots see the same committed
+ * transactions, so while the text stays the same, no commit of any process
+ * has become visible. The counter goes up each time the text changes, which
+ * also happens when a write transaction starts. That only makes caches look
+ * again.
  *
- * Each refresh asks the server once, after the caller arrived, so a request
+ * The write-ahead log position is no substitute: it moves when the commit
+ * record is written, before other sessions see the commit, so a lookup in
+ * between cached the old row under the new position.
+ *
+ * Each refresh queries the server once, after the caller arrived, so a request
  * sees every commit that finished before it. Requests arriving while a query
  * is under way share the next query instead of each sending one.
  */
-class WalPositionWatch {
-  /** The last position read, or a new negative number after each failed read. */
+class SnapshotWatch {
+  /** Goes up with each change of the snapshot and after each failed read. */
   value = 0;
-  private failures = 0;
+  private snapshot: string | undefined;
   private running: Promise<void> | undefined;
   private queued: Promise<void> | undefined;
 
-  constructor(private readonly read: () => Promise<number>) {}
+  constructor(private readonly read: () => Promise<string>) {}
 
   refresh(): Promise<void> {
     if (this.running === undefined) return this.start();
@@ -327,14 +345,16 @@ class WalPositionWatch {
 
   private start(): Promise<void> {
     const running = this.read().then(
-      (position) => {
-        this.value = position;
+      (snapshot) => {
+        if (snapshot === this.snapshot) return;
+        this.snapshot = snapshot;
+        this.value += 1;
       },
       () => {
-        // A new value, so that no cache answers the request. If the
+        // A new value, so that no cache serves the request. If the
         // database is down, the request fails in its own queries.
-        this.failures += 1;
-        this.value = -this.failures;
+        this.snapshot = undefined;
+        this.value += 1;
       },
     );
     this.running = running.finally(() => {
@@ -344,13 +364,8 @@ class WalPositionWatch {
   }
 }
 
-/** Converts a log position such as `16/B374D848` to a number (exact below 2^53 bytes). */
-function parseLsn(lsn: string): number {
-  const [high, low] = lsn.split('/');
-  const value = parseInt(high ?? '', 16) * 2 ** 32 + parseInt(low ?? '', 16);
-  if (!Number.isFinite(value)) throw new Error(`unexpected WAL position "${lsn}"`);
-  return value;
-}
+/** How long a query waits to open a PostgreSQL connection or get one from the pool. */
+const CONNECTION_TIMEOUT_MS = 10_000;
 
 /** Prepared statements kept per connection; the application has far fewer distinct queries. */
 const STATEMENT_CACHE_MAX = 500;
