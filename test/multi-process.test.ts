@@ -121,6 +121,49 @@ describe('upload sessions across processes', () => {
     return response;
   }
 
+  it('never store the bytes of a racing chunk', async () => {
+    // A finalizing PUT on one process and a PATCH with other bytes on the
+    // other, sent together to one session: whichever loses is rejected, and
+    // the blob, if stored, contains exactly the PUT's bytes.
+    for (let round = 0; round < 10; round++) {
+      const wanted = randomBytes(4 * 1024 * 1024);
+      const other = randomBytes(wanted.length);
+      const digest = sha256(wanted);
+      const started = await send(first, '/v2/cross/race/blobs/uploads/', { method: 'POST' }, 202);
+      const location = started.headers.get('location') ?? '';
+      const [put, patch] = await Promise.all([
+        first.fetch(`${location}${location.includes('?') ? '&' : '?'}digest=${digest}`, {
+          method: 'PUT',
+          headers: { 'content-type': 'application/octet-stream' },
+          body: wanted,
+        }),
+        second.fetch(location, {
+          method: 'PATCH',
+          headers: {
+            'content-type': 'application/octet-stream',
+            'content-range': `0-${other.length - 1}`,
+          },
+          body: other,
+        }),
+      ]);
+      await put.arrayBuffer();
+      await patch.arrayBuffer();
+      assert.ok(
+        !(put.status === 201 && patch.status === 202),
+        `round ${round}: both wrote the session (PUT ${put.status}, PATCH ${patch.status})`,
+      );
+
+      const blob = await first.fetch(`/v2/cross/race/blobs/${digest}`);
+      const bytes = Buffer.from(await blob.arrayBuffer());
+      if (put.status === 201) {
+        assert.equal(blob.status, 200, `round ${round}`);
+        assert.equal(sha256(bytes), digest, `round ${round}: the stored bytes hash elsewhere`);
+      } else {
+        assert.equal(blob.status, 404, `round ${round}: PUT ${put.status}`);
+      }
+    }
+  });
+
   it('continue chunks on either process', async () => {
     const data = randomBytes(300_000);
     const digest = sha256(data);

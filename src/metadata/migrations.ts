@@ -316,7 +316,20 @@ export const MIGRATIONS: Migration[] = [
         .execute();
     },
   },
+  {
+    version: 5,
+    name: 'upload session leases',
+    async up(db) {
+      // The request that appends to or completes a session holds it, so that
+      // requests of other processes cannot write its file at the same time.
+      await db.schema.alterTable('uploads').addColumn('holder', 'text').execute();
+      await db.schema.alterTable('uploads').addColumn('held_until', 'bigint').execute();
+    },
+  },
 ];
+
+/** Key of the PostgreSQL advisory lock that migrating processes take in turn. */
+const MIGRATION_LOCK = 7283001;
 
 /**
  * Applies every migration newer than the database's version. Safe to run on
@@ -324,13 +337,20 @@ export const MIGRATIONS: Migration[] = [
  * the recording insert fails for a version another process applied first.
  */
 export async function migrate(db: Kysely<Database>, dialect: Dialect): Promise<number[]> {
-  await db.schema
-    .createTable('schema_migrations')
-    .ifNotExists()
-    .addColumn('version', 'integer', (col) => col.primaryKey())
-    .addColumn('name', 'text', (col) => col.notNull())
-    .addColumn('applied_at', 'bigint', (col) => col.notNull())
-    .execute();
+  await db.transaction().execute(async (trx) => {
+    // PostgreSQL's "if not exists" fails in one of two processes that create
+    // the table at the same time (a duplicate key in pg_type), so the
+    // creation takes the migrations' lock there too.
+    if (dialect === 'postgres')
+      await sql`select pg_advisory_xact_lock(${MIGRATION_LOCK})`.execute(trx);
+    await trx.schema
+      .createTable('schema_migrations')
+      .ifNotExists()
+      .addColumn('version', 'integer', (col) => col.primaryKey())
+      .addColumn('name', 'text', (col) => col.notNull())
+      .addColumn('applied_at', 'bigint', (col) => col.notNull())
+      .execute();
+  });
 
   const applied: number[] = [];
   for (const migration of MIGRATIONS) {
@@ -339,7 +359,8 @@ export async function migrate(db: Kysely<Database>, dialect: Dialect): Promise<n
     await db.transaction().execute(async (trx) => {
       // Serialises concurrent starts of several processes on one database:
       // on SQLite the transaction itself takes the write lock as it begins.
-      if (dialect === 'postgres') await sql`select pg_advisory_xact_lock(7283001)`.execute(trx);
+      if (dialect === 'postgres')
+        await sql`select pg_advisory_xact_lock(${MIGRATION_LOCK})`.execute(trx);
       if (await isApplied(trx, migration.version)) return;
       await migration.up(trx, dialect);
       await trx

@@ -59,6 +59,10 @@ export interface UploadsTable {
   storage_key: string;
   started_at: EpochMs;
   updated_at: EpochMs;
+  /** Random id of the request that holds the session, if any. */
+  holder: string | null;
+  /** When the holder's lease ends, if it holds the session. */
+  held_until: EpochMs | null;
 }
 
 export interface AccountsTable {

@@ -1,7 +1,10 @@
 import { randomUUID, type Hash } from 'node:crypto';
 
+import type { Selectable } from 'kysely';
+
 import { commitBlob } from '../gc/tombstones.js';
 import { PreparedQuery } from '../metadata/prepared.js';
+import type { UploadsTable } from '../metadata/schema.js';
 import { UploadNotFoundError } from '../storage/types.js';
 import { linkBlob, recordBlob } from './blobs.js';
 import type { CoreContext } from './core.js';
@@ -50,6 +53,40 @@ const selectSession = new PreparedQuery((db, id: string, repositoryId: number) =
     .selectAll()
     .where('id', '=', id)
     .where('repository_id', '=', repositoryId),
+);
+
+/**
+ * How long a request holds a session against requests of other processes.
+ * NOTE: a process that dies while it holds a session leaves it held this
+ * long. A client that retries gets 416 until then, or starts a new session.
+ */
+const LEASE_MS = 60 * 60_000;
+
+const claimSession = new PreparedQuery(
+  (db, id: string, offset: number, holder: string, now: number, heldUntil: number) =>
+    db
+      .updateTable('uploads')
+      .set({ holder, held_until: heldUntil })
+      .where('id', '=', id)
+      .where('offset', '=', offset)
+      .where((eb) => eb.or([eb('holder', 'is', null), eb('held_until', '<', now)])),
+);
+
+const advanceSession = new PreparedQuery(
+  (db, id: string, holder: string, offset: number, now: number) =>
+    db
+      .updateTable('uploads')
+      .set({ offset, updated_at: now, holder: null, held_until: null })
+      .where('id', '=', id)
+      .where('holder', '=', holder),
+);
+
+const releaseSession = new PreparedQuery((db, id: string, holder: string) =>
+  db
+    .updateTable('uploads')
+    .set({ holder: null, held_until: null })
+    .where('id', '=', id)
+    .where('holder', '=', holder),
 );
 
 const deleteSession = new PreparedQuery((db, id: string) =>
@@ -103,20 +140,21 @@ export class Uploads {
     return this.withLock(id, async () => {
       const row = await this.find(repository, id);
       const expected = expectedChunkLength(chunk, row.offset);
-      const { offset, hash } = await this.receive(row, chunk.body, expected, false);
+      const holder = await this.claim(row);
+      let received;
+      try {
+        received = await this.receive(row, chunk.body, expected, false);
+      } catch (error) {
+        await this.release(row.id, holder);
+        throw error;
+      }
+      const { offset, hash } = received;
 
-      const updated = await this.ctx.db
-        .updateTable('uploads')
-        .set({ offset, updated_at: Date.now() })
-        .where('id', '=', row.id)
-        .where('offset', '=', row.offset)
-        .executeTakeFirst();
-      if (updated.numUpdatedRows === 0n) {
-        // Another process appended to this session at the same time.
+      const updated = await advanceSession.execute(this.ctx.db, row.id, holder, offset, Date.now());
+      if (updated.numAffectedRows === 0n) {
+        // The session was cancelled or collected while the chunk arrived.
         this.hashes.delete(row.id);
-        throw new RegistryError('BLOB_UPLOAD_INVALID', 'upload was modified concurrently', {
-          status: 416,
-        });
+        throw uploadUnknown(repository, id);
       }
       this.rememberHash(row.id, offset, hash);
       return { id, repository, offset };
@@ -138,38 +176,61 @@ export class Uploads {
   ): Promise<{ digest: string; size: number }> {
     return this.withLock(id, async () => {
       const row = await this.find(repository, id);
-      let received: { offset: number; hash: Hash } | undefined;
-      if (lastChunk) {
-        const expected = expectedChunkLength(lastChunk, row.offset);
-        received = await this.receive(row, lastChunk.body, expected, true);
+      const expected = lastChunk ? expectedChunkLength(lastChunk, row.offset) : undefined;
+      const holder = await this.claim(row);
+      try {
+        return await this.complete(
+          repository,
+          row,
+          digest,
+          lastChunk && { ...lastChunk, expected },
+        );
+      } catch (error) {
+        // Completing deletes the session. After a failure, it is either gone
+        // or still held by this request.
+        await this.release(row.id, holder);
+        throw error;
       }
-      const offset = received?.offset ?? row.offset;
-
-      const actual =
-        received && digest.algorithm === 'sha256'
-          ? `sha256:${received.hash.digest('hex')}`
-          : await this.digestOf({ ...row, offset }, digest.algorithm);
-      if (actual !== digest.value) {
-        await this.discard(row);
-        verifyDigest(actual, digest, 'the upload was cancelled');
-      }
-
-      // commitBlob keeps garbage collection from deleting the digest's file
-      // between storing the bytes and recording the row.
-      const upload = { key: row.storage_key, digest, size: offset, synced: received !== undefined };
-      await commitBlob(this.ctx, upload, async (trx) => {
-        const blobId = await recordBlob(trx, digest.value, offset);
-        await linkBlob(trx, row.repository_id, blobId);
-        await deleteSession.execute(trx, row.id);
-      });
-      this.hashes.delete(id);
-
-      this.ctx.log.info(
-        { repository, upload: id, digest: digest.value, size: offset },
-        'blob upload completed',
-      );
-      return { digest: digest.value, size: offset };
     });
+  }
+
+  /** Receives the last chunk, if any, verifies the digest and stores the blob. */
+  private async complete(
+    repository: string,
+    row: Selectable<UploadsTable>,
+    digest: Digest,
+    lastChunk: (ChunkInput & { expected: number | undefined }) | undefined,
+  ): Promise<{ digest: string; size: number }> {
+    let received: { offset: number; hash: Hash } | undefined;
+    if (lastChunk) {
+      received = await this.receive(row, lastChunk.body, lastChunk.expected, true);
+    }
+    const offset = received?.offset ?? row.offset;
+
+    const actual =
+      received && digest.algorithm === 'sha256'
+        ? `sha256:${received.hash.digest('hex')}`
+        : await this.digestOf({ ...row, offset }, digest.algorithm);
+    if (actual !== digest.value) {
+      await this.discard(row);
+      verifyDigest(actual, digest, 'the upload was cancelled');
+    }
+
+    // commitBlob keeps garbage collection from deleting the digest's file
+    // between storing the bytes and recording the row.
+    const upload = { key: row.storage_key, digest, size: offset, synced: received !== undefined };
+    await commitBlob(this.ctx, upload, async (trx) => {
+      const blobId = await recordBlob(trx, digest.value, offset);
+      await linkBlob(trx, row.repository_id, blobId);
+      await deleteSession.execute(trx, row.id);
+    });
+    this.hashes.delete(row.id);
+
+    this.ctx.log.info(
+      { repository, upload: row.id, digest: digest.value, size: offset },
+      'blob upload completed',
+    );
+    return { digest: digest.value, size: offset };
   }
 
   /**
@@ -234,6 +295,44 @@ export class Uploads {
       await linkBlob(trx, repositoryId, source.id);
       return true;
     });
+  }
+
+  /**
+   * Holds the session for this request, so that no request of another
+   * process writes its file meanwhile. Throws 416 when another request holds
+   * it or the offset moved since `row` was read.
+   */
+  private async claim(row: { id: string; offset: number }): Promise<string> {
+    const holder = randomUUID();
+    const now = Date.now();
+    const claimed = await claimSession.execute(
+      this.ctx.db,
+      row.id,
+      row.offset,
+      holder,
+      now,
+      now + LEASE_MS,
+    );
+    if (claimed.numAffectedRows === 0n) {
+      throw new RegistryError(
+        'BLOB_UPLOAD_INVALID',
+        'upload is in use by another request or was modified concurrently',
+        { status: 416 },
+      );
+    }
+    return holder;
+  }
+
+  /** Gives up a held session after a failed request. A session deleted meanwhile stays deleted. */
+  private async release(id: string, holder: string): Promise<void> {
+    try {
+      await releaseSession.execute(this.ctx.db, id, holder);
+    } catch (error) {
+      this.ctx.log.error(
+        { upload: id, err: error },
+        'failed to release an upload session; other processes can use it once its lease ends',
+      );
+    }
   }
 
   private async find(repository: string, id: string) {
