@@ -6,7 +6,13 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { OCI_MANIFEST, pushImage } from './helpers/oci.js';
-import { basicAuth, MCR_ENTRY, startServer, type TestServer } from './helpers/server.js';
+import {
+  ADMIN_PASSWORD,
+  basicAuth,
+  MCR_ENTRY,
+  startServer,
+  type TestServer,
+} from './helpers/server.js';
 
 let server: TestServer;
 before(async () => {
@@ -656,6 +662,31 @@ describe('login throttling under concurrency', () => {
       Array.from({ length: 40 }, () => as('hank', 'hank-password', '/v2/').then((r) => r.status)),
     );
     assert.deepEqual(new Set(statuses), new Set([200]));
+  });
+});
+
+describe('credentials with a NUL character', () => {
+  it('get 401 on every login path', async () => {
+    const header = basicAuth('ad\0min', ADMIN_PASSWORD);
+    for (const target of ['/v2/', '/v2/token?service=mcr']) {
+      const response = await fetch(`${server.url}${target}`, {
+        headers: { authorization: header },
+      });
+      await response.arrayBuffer();
+      assert.equal(response.status, 401, target);
+    }
+    const token = await fetch(`${server.url}/v2/`, {
+      headers: { authorization: basicAuth('admin', 'mcr_pat_\0token') },
+    });
+    await token.arrayBuffer();
+    assert.equal(token.status, 401);
+    const session = await fetch(`${server.url}/v1/auth/login`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ username: 'ad\u0000min', password: ADMIN_PASSWORD }),
+    });
+    await session.arrayBuffer();
+    assert.equal(session.status, 401);
   });
 });
 

@@ -109,6 +109,10 @@ export class Authenticator {
    * that is wrong.
    */
   async login(username: string, secret: string, address: string): Promise<Principal> {
+    // PostgreSQL cannot store a NUL character, and the throttle and the audit
+    // log record the name. No account name contains one, so the login fails
+    // either way.
+    username = username.replaceAll('\0', '\uFFFD');
     const cacheKey = createHash('sha256').update(`${username}\0${secret}`).digest('hex');
     const cached = await this.remembered(cacheKey, secret);
     if (cached) return cached;
@@ -307,6 +311,8 @@ export class Authenticator {
     if (!ACCOUNT_NAME_PATTERN.test(username)) throw new LoginError('invalid-credentials');
 
     if (secret.startsWith(TOKEN_PREFIX)) {
+      // No token contains a NUL character, and PostgreSQL rejects one in a query.
+      if (secret.includes('\0')) throw new LoginError('invalid-credentials');
       const found = await this.tokens.verify(secret);
       if (!found || found.account.username !== username) {
         throw new LoginError('invalid-credentials');
