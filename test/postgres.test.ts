@@ -10,7 +10,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 
 import { openMetadataDb, type MetadataDb } from '../src/metadata/db.js';
-import { createDatabaseFor, dropDatabaseFor, testPostgresUrl } from './helpers/postgres.js';
+import {
+  createDatabaseFor,
+  dropDatabaseFor,
+  startPostgres,
+  testPostgresUrl,
+} from './helpers/postgres.js';
+import { startServer, type TestServer } from './helpers/server.js';
 
 const serverUrl = testPostgresUrl();
 
@@ -168,6 +174,57 @@ describe(
       // instead of ending the process.
       assert.ok(connectionErrors.length > 0);
       assert.match(connectionErrors[0]?.message ?? '', /terminat/);
+    });
+  },
+);
+
+describe(
+  'mcr during a PostgreSQL outage',
+  { skip: serverUrl ? false : 'not a PostgreSQL test run' },
+  () => {
+    it('answers 503 with Retry-After', async () => {
+      // A server of its own, because this test stops it.
+      const postgres = await startPostgres();
+      const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-outage-'));
+      let server: TestServer | undefined;
+      try {
+        server = await startServer({
+          dataDir,
+          env: {
+            MCR_DATABASE_DRIVER: 'postgres',
+            MCR_DATABASE_URL: await createDatabaseFor(postgres.url, dataDir),
+          },
+        });
+        const before = await server.fetch('/v2/_catalog');
+        assert.equal(before.status, 200);
+        await before.arrayBuffer();
+
+        await postgres.stop();
+        for (const target of ['/v2/', '/v2/_catalog', '/v2/team/app/manifests/latest']) {
+          const response = await server.fetch(target);
+          assert.equal(response.status, 503, target);
+          assert.equal(response.headers.get('retry-after'), '5', target);
+          const body = (await response.json()) as { errors: Array<{ code: string }> };
+          assert.equal(body.errors[0]?.code, 'UNAVAILABLE', target);
+        }
+        const admin = await server.fetch('/v1/repositories');
+        assert.equal(admin.status, 503);
+        assert.deepEqual(await admin.json(), {
+          error: 'the metadata database is unavailable; retry later',
+        });
+        const health = await server.fetch('/v1/health');
+        assert.equal(health.status, 503);
+        await health.arrayBuffer();
+        // Requests are logged once per 10 s, not once each.
+        const logged = server.logs.filter(
+          (entry) => entry.msg === 'the metadata database is unavailable; answering 503',
+        );
+        assert.equal(logged.length, 1);
+      } finally {
+        await server?.stop();
+        await postgres.stop();
+        rmSync(dataDir, { recursive: true, force: true });
+      }
     });
   },
 );

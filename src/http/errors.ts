@@ -40,6 +40,15 @@ export function sendError(
     return reply.send(errorBody(error.code, error.message, error.detail));
   }
 
+  if (isDatabaseUnavailable(error)) {
+    logUnavailable(request, error);
+    return reply
+      .code(503)
+      .header('Retry-After', String(UNAVAILABLE_RETRY_SECONDS))
+      .type('application/json')
+      .send(errorBody('UNAVAILABLE', 'the metadata database is unavailable; retry later'));
+  }
+
   const status = httpStatusOf(error);
   if (status !== undefined && status < 500) {
     return reply
@@ -53,6 +62,50 @@ export function sendError(
     .code(500)
     .type('application/json')
     .send(errorBody('UNKNOWN', 'internal server error; the registry log has the details'));
+}
+
+/** Seconds a client is asked to wait (Retry-After) while the metadata database is unavailable. */
+export const UNAVAILABLE_RETRY_SECONDS = 5;
+
+/**
+ * Reports whether an error means that the metadata database cannot be
+ * reached or is shutting down. Such errors are PostgreSQL's connection
+ * exceptions (SQLSTATE class 08) and operator interventions (57P), a refused
+ * or ended connection, no pool connection within the timeout, and SQLite
+ * still locked after its busy timeout.
+ */
+export function isDatabaseUnavailable(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  if (
+    typeof code === 'string' &&
+    /^(08[0-9A-Z]{3}|57P0[1-3]|ECONNREFUSED|SQLITE_BUSY)$/.test(code)
+  ) {
+    return true;
+  }
+  const message = error instanceof Error ? error.message : '';
+  return (
+    message.startsWith('Connection terminated') ||
+    message === 'timeout exceeded when trying to connect'
+  );
+}
+
+/** Logs at most one line per UNAVAILABLE_LOG_MS for an outage, with the number left out. */
+const UNAVAILABLE_LOG_MS = 10_000;
+let unavailableLoggedAt = 0;
+let unavailableLeftOut = 0;
+
+export function logUnavailable(request: FastifyRequest, error: unknown): void {
+  const now = Date.now();
+  if (now - unavailableLoggedAt < UNAVAILABLE_LOG_MS) {
+    unavailableLeftOut += 1;
+    return;
+  }
+  request.log.error(
+    { err: error, similarErrorsNotLogged: unavailableLeftOut },
+    'the metadata database is unavailable; answering 503',
+  );
+  unavailableLoggedAt = now;
+  unavailableLeftOut = 0;
 }
 
 function httpStatusOf(error: unknown): number | undefined {

@@ -9,6 +9,7 @@ import { registerAccountRoutes } from './accounts.js';
 import { registerAuditRoutes } from './audit.js';
 import { registerFsckRoutes } from './fsck.js';
 import { registerGcRoutes } from './gc.js';
+import { isDatabaseUnavailable, logUnavailable, UNAVAILABLE_RETRY_SECONDS } from '../errors.js';
 import { ApiError, sendJson, type V1Deps } from './context.js';
 import { registerHealthRoutes } from './health.js';
 import { registerPolicyRoutes } from './policies.js';
@@ -75,6 +76,12 @@ export async function registerV1(app: FastifyInstance, deps: V1Deps): Promise<vo
       if (fastifyError.statusCode === 415) return send(415, 'send the body as application/json');
       if (fastifyError.statusCode !== undefined && fastifyError.statusCode < 500) {
         return send(fastifyError.statusCode, fastifyError.message);
+      }
+      if (isDatabaseUnavailable(error)) {
+        logUnavailable(request, error);
+        return send(503, 'the metadata database is unavailable; retry later', {
+          'Retry-After': String(UNAVAILABLE_RETRY_SECONDS),
+        });
       }
       request.log.error({ err: error }, 'admin API request failed');
       return send(500, 'internal server error; the registry log has the details');
