@@ -16,6 +16,7 @@ import {
   startPostgres,
   testPostgresUrl,
 } from './helpers/postgres.js';
+import { pushImage } from './helpers/oci.js';
 import { startServer, type TestServer } from './helpers/server.js';
 
 const serverUrl = testPostgresUrl();
@@ -223,6 +224,59 @@ describe(
       } finally {
         await server?.stop();
         await postgres.stop();
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+    });
+  },
+);
+
+describe(
+  'mcr on a database whose collation is not C',
+  { skip: serverUrl ? false : 'not a PostgreSQL test run' },
+  () => {
+    it('pages admin tags in byte order', async () => {
+      const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-icu-'));
+      const name = `mcr_icu_${path
+        .basename(dataDir)
+        .toLowerCase()
+        .replace(/[^a-z0-9]/g, '')}`;
+      const admin = new pg.Client({ connectionString: serverUrl });
+      await admin.connect();
+      await admin.query(
+        `create database ${name} template template0 locale_provider icu icu_locale 'en-US'`,
+      );
+      const url = new URL(serverUrl as string);
+      url.pathname = `/${name}`;
+      let server: TestServer | undefined;
+      try {
+        server = await startServer({
+          dataDir,
+          env: { MCR_DATABASE_DRIVER: 'postgres', MCR_DATABASE_URL: url.toString() },
+        });
+        // An ICU collation sorts these otherwise: case and punctuation last.
+        const tags = ['1', 'A', 'B', 'Z', '_x', 'a', 'a-b', 'a-c', 'a.b', 'a_b', 'ab', 'b', 'z0'];
+        for (const tag of tags) await pushImage(server, 'icu/app', tag);
+
+        const seen: string[] = [];
+        let cursor: string | null = null;
+        do {
+          const query: string = cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`;
+          const response: Response = await server.fetch(
+            `/v1/repositories/icu/app/-/tags?limit=3${query}`,
+          );
+          assert.equal(response.status, 200);
+          const body = (await response.json()) as {
+            tags: Array<{ name: string }>;
+            next_cursor: string | null;
+          };
+          seen.push(...body.tags.map((tag) => tag.name));
+          cursor = body.next_cursor;
+        } while (cursor !== null);
+        assert.deepEqual(seen, [...tags].sort());
+      } finally {
+        await server?.stop();
+        await admin.query(`drop database if exists ${name} with (force)`);
+        await admin.end();
         rmSync(dataDir, { recursive: true, force: true });
       }
     });

@@ -1,6 +1,7 @@
 import { sql } from 'kysely';
 
 import type { CoreContext } from './core.js';
+import { byteOrder } from './listings.js';
 import { findRepositoryId } from './repositories.js';
 
 /** A repository as the admin API lists it. */
@@ -46,7 +47,8 @@ export class RepositoryAdmin {
       .innerJoin('manifests', 'manifests.id', 'tags.manifest_id')
       .select(['tags.name', 'manifests.digest', 'tags.updated_at'])
       .where('tags.repository_id', '=', repositoryId)
-      .orderBy('tags.name')
+      // Byte order, because the admin API pages tags by comparing names.
+      .orderBy(byteOrder(this.ctx.dialect, 'tags.name'))
       .execute();
     const manifests = await this.ctx.db
       .selectFrom('manifests')

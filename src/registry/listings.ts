@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 
+import type { Dialect } from '../metadata/migrations.js';
 import { PreparedQuery } from '../metadata/prepared.js';
 import { MAX_PAGE_SIZE, type CoreContext } from './core.js';
 import { RegistryError } from './errors.js';
@@ -175,12 +176,19 @@ export class Listings {
     return index;
   }
 
-  /** Orders text by bytes in both dialects, as the specification's "lexical" order. */
   private byteOrder(column: 'name') {
-    return this.ctx.dialect === 'postgres'
-      ? sql<string>`${sql.ref(column)} collate "C"`
-      : sql<string>`${sql.ref(column)}`;
+    return byteOrder(this.ctx.dialect, column);
   }
+}
+
+/**
+ * Orders text by bytes in both dialects, as the specification's "lexical"
+ * order, whatever the PostgreSQL database's default collation.
+ */
+export function byteOrder(dialect: Dialect, column: string) {
+  return dialect === 'postgres'
+    ? sql<string>`${sql.ref(column)} collate "C"`
+    : sql<string>`${sql.ref(column)}`;
 }
 
 function paginate(items: string[], limit: number | undefined): Page {
