@@ -98,6 +98,16 @@ level = "debug"
     ['bad log level', { MCR_LOG_LEVEL: 'loud' }, /log\.level/],
     ['bad external url', { MCR_SERVER_EXTERNAL_URL: 'ftp://x' }, /server\.external_url/],
     ['postgres without url', { MCR_DATABASE_DRIVER: 'postgres' }, /database\.url/],
+    [
+      'postgres url of another scheme',
+      { MCR_DATABASE_DRIVER: 'postgres', MCR_DATABASE_URL: 'mysql://db/mcr' },
+      /database\.url must be a URL such as postgres:.*MCR_DATABASE_URL/,
+    ],
+    [
+      'postgres url that is no URL',
+      { MCR_DATABASE_DRIVER: 'postgres', MCR_DATABASE_URL: 'notaurl' },
+      /database\.url must be a URL/,
+    ],
     ['cert without key', { MCR_SERVER_TLS_CERT: '/c.pem' }, /tls_cert and server\.tls_key/],
     ['unknown key in a section', '[server]\nlisten = "x"\n', /unknown key server\.listen/],
     ['unknown section', '[cache]\nsize = 1\n', /unknown key cache/],

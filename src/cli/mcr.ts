@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { startRegistry } from '../app.js';
 import { ConfigError, loadConfig } from '../config/index.js';
 import { createLogger } from '../log.js';
+import { DatabaseOpenError } from '../metadata/db.js';
 import { snapshotDatabase, SnapshotError } from '../snapshot.js';
 
 const program = new Command();
@@ -25,6 +26,10 @@ program
         process.stderr.write(`mcr: ${error.message}\n`);
         process.exit(2);
       }
+      if (error instanceof DatabaseOpenError) {
+        process.stderr.write(`mcr: ${error.message}\n`);
+        process.exit(1);
+      }
       throw error;
     }
 
@@ -36,6 +41,10 @@ program
       if (error instanceof ConfigError) {
         process.stderr.write(`mcr: ${error.message}\n`);
         process.exit(2);
+      }
+      if (error instanceof DatabaseOpenError) {
+        process.stderr.write(`mcr: ${error.message}\n`);
+        process.exit(1);
       }
       throw error;
     }

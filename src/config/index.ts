@@ -208,6 +208,11 @@ export function loadConfig(
       'invalid configuration: database.url is required when database.driver is "postgres" (MCR_DATABASE_URL)',
     );
   }
+  if (config.database.driver === 'postgres' && !/^postgres(ql)?:\/\/./.test(config.database.url)) {
+    throw new ConfigError(
+      'invalid configuration: database.url must be a URL such as postgres://USER:PASSWORD@HOST:5432/DATABASE (MCR_DATABASE_URL)',
+    );
+  }
 
   if (config.metrics.mode === 'open' && config.metrics.listen_addr === '') {
     throw new ConfigError(

@@ -64,12 +64,43 @@ export interface OpenOptions {
   onConnectionError?: (error: Error) => void;
 }
 
+/** Raised when mcr cannot connect to PostgreSQL or bring its schema up to date at start. */
+export class DatabaseOpenError extends Error {
+  constructor(message: string, options: { cause: unknown }) {
+    super(message, options);
+    this.name = 'DatabaseOpenError';
+  }
+}
+
 /** Opens the metadata database and brings its schema up to date. */
 export async function openMetadataDb(options: OpenOptions): Promise<MetadataDb> {
-  const handle =
-    options.driver === 'sqlite' ? await openSqlite(options) : await openPostgres(options);
-  await migrate(handle.db, handle.dialect);
+  if (options.driver === 'sqlite') {
+    const handle = await openSqlite(options);
+    await migrate(handle.db, handle.dialect);
+    return handle;
+  }
+  const handle = await openPostgres(options);
+  try {
+    await migrate(handle.db, handle.dialect);
+  } catch (error) {
+    await handle.close().catch(() => undefined);
+    throw new DatabaseOpenError(
+      `failed to open the PostgreSQL database ${redactPassword(options.url ?? '')} (MCR_DATABASE_URL): ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
   return handle;
+}
+
+/** Returns a connection URL with its password, if any, replaced by `***`. */
+function redactPassword(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password !== '') parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return '(an invalid URL)';
+  }
 }
 
 async function openSqlite(options: OpenOptions): Promise<MetadataDb> {
