@@ -339,6 +339,42 @@ describe('garbage collection of uploads and orphaned files', () => {
     });
     assert.equal(finish.status, 201, 'the kept session still completes');
   });
+
+  it('keeps an old session while a request holds it', async () => {
+    const startUpload = async () => {
+      const started = await server.fetch('/v2/gc/held/blobs/uploads/', { method: 'POST' });
+      assert.equal(started.status, 202);
+      return started.headers.get('location') as string;
+    };
+    const held = await startUpload();
+    const expired = await startUpload();
+    const hour = 3_600_000;
+    for (const [location, heldUntil] of [
+      [held, Date.now() + hour],
+      [expired, Date.now() - 1000],
+    ] as const) {
+      await queryTestDatabase(
+        server.dataDir,
+        'update uploads set updated_at = ?, holder = ?, held_until = ? where id = ?',
+        [
+          Date.now() - 2 * hour,
+          'a request of another process',
+          heldUntil,
+          location.split('/').pop(),
+        ],
+      );
+    }
+
+    const run = await runGc(server, { upload_max_age: '1h' });
+    assertSucceeded(run);
+    assert.equal(run.uploads_deleted, 1);
+    assert.equal((await server.fetch(held)).status, 204, 'held session kept');
+    assert.equal((await server.fetch(expired)).status, 404, 'session of an ended hold deleted');
+
+    const cancel = await server.fetch(held, { method: 'DELETE' });
+    assert.equal(cancel.status, 416, 'a cancel waits for the holder');
+    assert.equal(cancel.headers.get('range'), '0-0');
+  });
 });
 
 describe('/v1/gc', () => {

@@ -164,6 +164,43 @@ describe('upload sessions across processes', () => {
     }
   });
 
+  it('let a cancel wait for a finalizing PUT', async () => {
+    for (let round = 0; round < 10; round++) {
+      const data = randomBytes(4 * 1024 * 1024);
+      const digest = sha256(data);
+      const started = await send(first, '/v2/cross/cancel/blobs/uploads/', { method: 'POST' }, 202);
+      const location = started.headers.get('location') ?? '';
+      const putting = second.fetch(
+        `${location}${location.includes('?') ? '&' : '?'}digest=${digest}`,
+        {
+          method: 'PUT',
+          headers: { 'content-type': 'application/octet-stream' },
+          body: data,
+        },
+      );
+      await new Promise((resolve) => setTimeout(resolve, round * 3));
+      const [put, cancel] = await Promise.all([
+        putting,
+        first.fetch(location, { method: 'DELETE' }),
+      ]);
+      await put.arrayBuffer();
+      await cancel.arrayBuffer();
+      assert.ok(put.status < 500, `round ${round}: PUT ${put.status}`);
+      assert.ok(cancel.status < 500, `round ${round}: DELETE ${cancel.status}`);
+      assert.ok(
+        !(put.status === 201 && cancel.status === 204),
+        `round ${round}: the session was both stored and cancelled`,
+      );
+      const blob = await first.fetch(`/v2/cross/cancel/blobs/${digest}`);
+      await blob.arrayBuffer();
+      assert.equal(
+        blob.status,
+        put.status === 201 ? 200 : 404,
+        `round ${round}: PUT ${put.status}`,
+      );
+    }
+  });
+
   it('continue chunks on either process', async () => {
     const data = randomBytes(300_000);
     const digest = sha256(data);

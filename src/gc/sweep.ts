@@ -444,12 +444,13 @@ export async function sweepUploads(run: SweepRun): Promise<void> {
   let afterId = '';
   for (;;) {
     await run.checkpoint();
-    const rows = await run.db.transaction().execute(async (trx) => {
+    const batch = await run.db.transaction().execute(async (trx) => {
       const abandoned = await trx
         .selectFrom('uploads as u')
         .select(['u.id', 'u.storage_key', 'u.repository_id'])
         .where('u.updated_at', '<', run.uploadCutoff)
         .where('u.id', '>', afterId)
+        .where((eb) => eb.or([eb('u.holder', 'is', null), eb('u.held_until', '<', Date.now())]))
         .where((eb) =>
           eb.not(
             eb.exists(
@@ -463,31 +464,41 @@ export async function sweepUploads(run: SweepRun): Promise<void> {
         .orderBy('u.id')
         .limit(BATCH_SIZE)
         .execute();
-      if (run.dryRun || abandoned.length === 0) return abandoned;
+      if (run.dryRun || abandoned.length === 0) return { abandoned, deleted: abandoned };
 
-      await trx
-        .deleteFrom('uploads')
-        .where(
-          'id',
-          'in',
-          abandoned.map((row) => row.id),
-        )
-        .execute();
+      // A request may have taken hold of a session since the select (on
+      // PostgreSQL, which does not lock the rows it read), so the delete
+      // checks the hold again and only what it deleted counts.
+      const deletedIds = new Set(
+        (
+          await trx
+            .deleteFrom('uploads')
+            .where(
+              'id',
+              'in',
+              abandoned.map((row) => row.id),
+            )
+            .where((eb) => eb.or([eb('holder', 'is', null), eb('held_until', '<', Date.now())]))
+            .returning('id')
+            .execute()
+        ).map((row) => row.id),
+      );
       // As when a client cancels: a repository that only the session created goes too.
       for (const repositoryId of new Set(abandoned.map((row) => row.repository_id))) {
         await deleteRepositoryIfEmpty(trx, repositoryId);
       }
-      return abandoned;
+      return { abandoned, deleted: abandoned.filter((row) => deletedIds.has(row.id)) };
     });
-    if (rows.length === 0) break;
-    afterId = rows[rows.length - 1]!.id;
+    if (batch.abandoned.length === 0) break;
+    afterId = batch.abandoned[batch.abandoned.length - 1]!.id;
 
+    const { deleted } = batch;
     if (!run.dryRun) {
-      await Promise.all(rows.map((row) => abortUpload(run, row.storage_key)));
+      await Promise.all(deleted.map((row) => abortUpload(run, row.storage_key)));
     }
-    run.progress.uploads_deleted += rows.length;
+    run.progress.uploads_deleted += deleted.length;
     run.log.info(
-      { run: run.runId, uploads: rows.map((row) => row.id), dryRun: run.dryRun },
+      { run: run.runId, uploads: deleted.map((row) => row.id), dryRun: run.dryRun },
       'abandoned upload sessions deleted',
     );
     await run.report();

@@ -219,11 +219,19 @@ export class Uploads {
     // commitBlob keeps garbage collection from deleting the digest's file
     // between storing the bytes and recording the row.
     const upload = { key: row.storage_key, digest, size: offset, synced: received !== undefined };
-    await commitBlob(this.ctx, upload, async (trx) => {
-      const blobId = await recordBlob(trx, digest.value, offset);
-      await linkBlob(trx, row.repository_id, blobId);
-      await deleteSession.execute(trx, row.id);
-    });
+    try {
+      await commitBlob(this.ctx, upload, async (trx) => {
+        const blobId = await recordBlob(trx, digest.value, offset);
+        await linkBlob(trx, row.repository_id, blobId);
+        await deleteSession.execute(trx, row.id);
+      });
+    } catch (error) {
+      // The session's file went away, removed by hand or by a process that
+      // ignored the hold. The client starts a new session.
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT')
+        throw uploadUnknown(repository, row.id);
+      throw error;
+    }
     this.hashes.delete(row.id);
 
     this.ctx.log.info(
@@ -271,6 +279,8 @@ export class Uploads {
   async cancel(repository: string, id: string): Promise<void> {
     await this.withLock(id, async () => {
       const row = await this.find(repository, id);
+      // A request of another process that holds the session gets to finish.
+      await this.claim(row);
       await this.discard(row);
     });
   }
@@ -317,7 +327,7 @@ export class Uploads {
       throw new RegistryError(
         'BLOB_UPLOAD_INVALID',
         'upload is in use by another request or was modified concurrently',
-        { status: 416 },
+        { status: 416, headers: { Range: rangeHeader(row.offset) } },
       );
     }
     return holder;
