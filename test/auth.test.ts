@@ -1,7 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -9,7 +7,7 @@ import { OCI_MANIFEST, pushImage } from './helpers/oci.js';
 import {
   ADMIN_PASSWORD,
   basicAuth,
-  MCR_ENTRY,
+  runUntilExit,
   startServer,
   type TestServer,
 } from './helpers/server.js';
@@ -692,26 +690,12 @@ describe('credentials with a NUL character', () => {
 
 describe('first start', () => {
   it('rejects a short MCR_ADMIN_PASSWORD in one line', () => {
-    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-short-admin-'));
-    try {
-      const result = spawnSync(process.execPath, [MCR_ENTRY, 'serve'], {
-        env: {
-          PATH: process.env.PATH ?? '',
-          MCR_DATA_DIR: dataDir,
-          MCR_SERVER_LISTEN_ADDR: '127.0.0.1:0',
-          MCR_ADMIN_PASSWORD: 'short',
-        },
-        encoding: 'utf8',
-        timeout: 20_000,
-      });
-      assert.equal(result.status, 2, result.stderr);
-      assert.equal(
-        result.stderr,
-        'mcr: invalid MCR_ADMIN_PASSWORD: password is too short: use at least 8 characters\n',
-      );
-    } finally {
-      rmSync(dataDir, { recursive: true, force: true });
-    }
+    const result = runUntilExit({ MCR_ADMIN_PASSWORD: 'short' });
+    assert.equal(result.status, 2, result.stderr);
+    assert.equal(
+      result.stderr,
+      'mcr: invalid MCR_ADMIN_PASSWORD: password is too short: use at least 8 characters\n',
+    );
   });
 
   it('generates an admin password once, in a 0600 file', async () => {

@@ -1,7 +1,6 @@
 // The metadata database on PostgreSQL: its change counter, which the caches
 // of credentials and manifests rely on. Runs in the PostgreSQL pass only.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -19,7 +18,7 @@ import {
 } from './helpers/postgres.js';
 import { pushImage } from './helpers/oci.js';
 import { unusedPort } from './helpers/mcrctl.js';
-import { MCR_ENTRY, startServer, type TestServer } from './helpers/server.js';
+import { runUntilExit, startServer, type TestServer } from './helpers/server.js';
 
 const serverUrl = testPostgresUrl();
 
@@ -288,26 +287,14 @@ describe(
 describe('mcr started without a reachable PostgreSQL', () => {
   it('exits with one line naming the URL', async () => {
     const port = await unusedPort();
-    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-no-postgres-'));
-    try {
-      const result = spawnSync(process.execPath, [MCR_ENTRY, 'serve'], {
-        env: {
-          PATH: process.env.PATH ?? '',
-          MCR_DATA_DIR: dataDir,
-          MCR_SERVER_LISTEN_ADDR: '127.0.0.1:0',
-          MCR_DATABASE_DRIVER: 'postgres',
-          MCR_DATABASE_URL: `postgres://mcr:secret-password@127.0.0.1:${port}/mcr`,
-        },
-        encoding: 'utf8',
-        timeout: 20_000,
-      });
-      assert.equal(result.status, 1, result.stderr);
-      assert.equal(
-        result.stderr,
-        `mcr: failed to open the PostgreSQL database postgres://mcr:***@127.0.0.1:${port}/mcr (MCR_DATABASE_URL): connect ECONNREFUSED 127.0.0.1:${port}\n`,
-      );
-    } finally {
-      rmSync(dataDir, { recursive: true, force: true });
-    }
+    const result = runUntilExit({
+      MCR_DATABASE_DRIVER: 'postgres',
+      MCR_DATABASE_URL: `postgres://mcr:secret-password@127.0.0.1:${port}/mcr`,
+    });
+    assert.equal(result.status, 1, result.stderr);
+    assert.equal(
+      result.stderr,
+      `mcr: failed to open the PostgreSQL database postgres://mcr:***@127.0.0.1:${port}/mcr (MCR_DATABASE_URL): connect ECONNREFUSED 127.0.0.1:${port}\n`,
+    );
   });
 });

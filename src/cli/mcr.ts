@@ -18,26 +18,14 @@ program
     'TOML configuration file (default: $MCR_CONFIG, or built-in defaults)',
   )
   .action(async (options: { config?: string }) => {
-    let config;
-    try {
-      config = loadConfig({ file: options.config });
-    } catch (error) {
-      if (error instanceof ConfigError) {
-        process.stderr.write(`mcr: ${error.message}\n`);
-        process.exit(2);
-      }
-      if (error instanceof DatabaseOpenError) {
-        process.stderr.write(`mcr: ${error.message}\n`);
-        process.exit(1);
-      }
-      throw error;
-    }
-
-    const log = createLogger(config.log.level);
+    let log;
     let running;
     try {
+      const config = loadConfig({ file: options.config });
+      log = createLogger(config.log.level);
       running = await startRegistry(config, log);
     } catch (error) {
+      // Mistakes an operator fixes get one line, without a stack trace.
       if (error instanceof ConfigError) {
         process.stderr.write(`mcr: ${error.message}\n`);
         process.exit(2);

@@ -109,7 +109,7 @@ export function buildServer(options: ServerOptions): FastifyInstance {
   });
 
   app.addHook('onRequest', async (_request, reply) => {
-    // SQLite's answer is synchronous; only PostgreSQL's needs the await.
+    // SQLite's check is synchronous, so only PostgreSQL's needs the await.
     const arrival = options.onRequestArrival?.();
     if (arrival) await arrival;
     reply.header('Docker-Distribution-API-Version', 'registry/2.0');

@@ -388,10 +388,12 @@ class SnapshotWatch {
         this.value += 1;
       },
     );
-    this.running = running.finally(() => {
-      this.running = undefined;
+    const current = running.finally(() => {
+      // A refresh may have started another query since this one.
+      if (this.running === current) this.running = undefined;
     });
-    return this.running;
+    this.running = current;
+    return current;
   }
 }
 

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { appendFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -176,5 +176,31 @@ export async function createAccount(
   });
   if (response.status !== 201) {
     throw new Error(`create account ${username}: ${response.status} ${await response.text()}`);
+  }
+}
+
+/**
+ * Runs `mcr serve` on a fresh data directory with `env` and waits for it to
+ * exit, for tests of what mcr prints when it cannot start. Gives up after 20 s.
+ */
+export function runUntilExit(env: Record<string, string>): {
+  status: number | null;
+  stderr: string;
+} {
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-exit-'));
+  try {
+    const result = spawnSync(process.execPath, [MCR_ENTRY, 'serve'], {
+      env: {
+        PATH: process.env.PATH ?? '',
+        MCR_DATA_DIR: dataDir,
+        MCR_SERVER_LISTEN_ADDR: '127.0.0.1:0',
+        ...env,
+      },
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    return { status: result.status, stderr: result.stderr };
+  } finally {
+    rmSync(dataDir, { recursive: true, force: true });
   }
 }
