@@ -661,6 +661,29 @@ describe('path traversal', () => {
   });
 });
 
+describe('NUL characters in URLs', () => {
+  it('get 400 in the format of each API', async () => {
+    const before = await snapshot();
+    for (const target of [
+      `/v2/${REPO}/tags/list?last=a%00b`,
+      `/v2/${REPO}/tags/list?n=10&last=a%00`,
+      '/v2/_catalog?last=a%00',
+      `/v2/${REPO}/referrers/${sha256('x')}?artifactType=a%00`,
+      `/v2/${REPO}/manifests/a%00b`,
+    ]) {
+      assertError(await send('GET', target), 400, 'UNSUPPORTED', target);
+    }
+    for (const target of ['/v1/audit?actor=a%00', '/v1/repositories?cursor=a%00']) {
+      const response = await send('GET', target);
+      assert.equal(response.status, 400, target);
+      assert.deepEqual(JSON.parse(response.body.toString()), {
+        error: 'the request URL contains a NUL character (%00)',
+      });
+    }
+    await assertNothingStored(before, 'requests with NUL characters');
+  });
+});
+
 describe('manifest validation', () => {
   const putManifest = (reference: string, body: Buffer | string, contentType = OCI_MANIFEST) =>
     send('PUT', `/v2/${REPO}/manifests/${reference}`, {
@@ -680,6 +703,17 @@ describe('manifest validation', () => {
     });
     assertError(fresh, 400, 'MANIFEST_INVALID', 'not JSON to a new repository');
     await assertNothingStored(before, 'manifests that are not JSON');
+  });
+
+  it('rejects a NUL character in artifactType', async () => {
+    const before = await snapshot();
+    const response = await putManifest(
+      'nul-type',
+      imageManifest([], { artifactType: 'application/x\u0000y' }),
+    );
+    assertError(response, 400, 'MANIFEST_INVALID', 'artifactType with NUL');
+    assert.match(response.body.toString(), /must not contain a NUL character/);
+    await assertNothingStored(before, 'manifest with a NUL in artifactType');
   });
 
   it('rejects schemaVersion 1', async () => {

@@ -5,6 +5,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply } from 
 import type { Logger } from 'pino';
 
 import type { AccessControl } from '../auth/access.js';
+import { RegistryError } from '../registry/errors.js';
 import type { Registry } from '../registry/index.js';
 import type { AuthServices } from '../app.js';
 import type { Metrics } from '../metrics/index.js';
@@ -108,11 +109,19 @@ export function buildServer(options: ServerOptions): FastifyInstance {
     done(null);
   });
 
-  app.addHook('onRequest', async (_request, reply) => {
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('Docker-Distribution-API-Version', 'registry/2.0');
+    // No name, reference, cursor or filter contains a NUL character, and
+    // PostgreSQL rejects one in a query.
+    if (request.url.includes('%00')) {
+      const message = 'the request URL contains a NUL character (%00)';
+      throw request.url.startsWith('/v1/')
+        ? new ApiError(400, message)
+        : new RegistryError('UNSUPPORTED', message, { status: 400 });
+    }
     // SQLite's check is synchronous, so only PostgreSQL's needs the await.
     const arrival = options.onRequestArrival?.();
     if (arrival) await arrival;
-    reply.header('Docker-Distribution-API-Version', 'registry/2.0');
   });
 
   app.addHook('onResponse', async (request, reply) => {

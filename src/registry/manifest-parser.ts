@@ -166,6 +166,10 @@ function optionalString(
   if (typeof field !== 'string') {
     throw invalid(`${where ? `${where}.` : ''}${key} must be a string`);
   }
+  // PostgreSQL cannot store one, and no media type or artifact type has one.
+  if (field.includes('\0')) {
+    throw invalid(`${where ? `${where}.` : ''}${key} must not contain a NUL character`);
+  }
   return field;
 }
 
