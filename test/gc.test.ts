@@ -346,11 +346,11 @@ describe('garbage collection of uploads and orphaned files', () => {
       assert.equal(started.status, 202);
       return started.headers.get('location') as string;
     };
-    const held = await startUpload();
+    const heldSession = await startUpload();
     const expired = await startUpload();
     const hour = 3_600_000;
     for (const [location, heldUntil] of [
-      [held, Date.now() + hour],
+      [heldSession, Date.now() + hour],
       [expired, Date.now() - 1000],
     ] as const) {
       await queryTestDatabase(
@@ -368,10 +368,10 @@ describe('garbage collection of uploads and orphaned files', () => {
     const run = await runGc(server, { upload_max_age: '1h' });
     assertSucceeded(run);
     assert.equal(run.uploads_deleted, 1);
-    assert.equal((await server.fetch(held)).status, 204, 'held session kept');
+    assert.equal((await server.fetch(heldSession)).status, 204, 'held session kept');
     assert.equal((await server.fetch(expired)).status, 404, 'session of an ended hold deleted');
 
-    const cancel = await server.fetch(held, { method: 'DELETE' });
+    const cancel = await server.fetch(heldSession, { method: 'DELETE' });
     assert.equal(cancel.status, 416, 'a cancel waits for the holder');
     assert.equal(cancel.headers.get('range'), '0-0');
   });

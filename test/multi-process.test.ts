@@ -126,16 +126,16 @@ describe('upload sessions across processes', () => {
     // other, sent together to one session: whichever loses is rejected, and
     // the blob, if stored, contains exactly the PUT's bytes.
     for (let round = 0; round < 10; round++) {
-      const wanted = randomBytes(4 * 1024 * 1024);
-      const other = randomBytes(wanted.length);
-      const digest = sha256(wanted);
+      const pushed = randomBytes(4 * 1024 * 1024);
+      const other = randomBytes(pushed.length);
+      const digest = sha256(pushed);
       const started = await send(first, '/v2/cross/race/blobs/uploads/', { method: 'POST' }, 202);
       const location = started.headers.get('location') ?? '';
       const [put, patch] = await Promise.all([
         first.fetch(`${location}${location.includes('?') ? '&' : '?'}digest=${digest}`, {
           method: 'PUT',
           headers: { 'content-type': 'application/octet-stream' },
-          body: wanted,
+          body: pushed,
         }),
         second.fetch(location, {
           method: 'PATCH',

@@ -53,7 +53,7 @@ describe(
       rmSync(dataDir, { recursive: true, force: true });
     });
 
-    /** The counters as a request arriving now reads them. */
+    /** Refreshes the counters as an arriving request does, and returns them. */
     async function arrive(): Promise<{ all: number; external: number }> {
       await handle.onRequestArrival?.();
       return { all: handle.changeCounter!(), external: handle.externalChangeCounter!() };
@@ -132,6 +132,7 @@ describe(
       const blocked = handle.db
         .transaction()
         .execute((trx) => trx.selectFrom('tags').select('id').execute());
+
       const admin = new pg.Client({ connectionString: url });
       await admin.connect();
       try {
@@ -144,6 +145,7 @@ describe(
           if (rows.length > 0) break;
           await sleep(10);
         }
+
         const otherPid = (other as unknown as { processID: number }).processID;
         await admin.query(
           `select pg_terminate_backend(pid) from pg_stat_activity
@@ -155,6 +157,7 @@ describe(
         await other.query('rollback');
         await admin.end();
       }
+
       // The pool opens new connections for the next queries.
       const rows = await handle.db.selectFrom('tags').select('id').execute();
       assert.ok(Array.isArray(rows));

@@ -17,7 +17,7 @@ import { unusedPort } from './mcrctl.js';
  */
 export const POSTGRES_URL_ENV = 'MCR_TEST_POSTGRES_URL';
 
-/** The PostgreSQL server of this test run, or undefined when tests run on SQLite. */
+/** Returns the URL of this test run's PostgreSQL server, or undefined when tests run on SQLite. */
 export function testPostgresUrl(): string | undefined {
   return process.env[POSTGRES_URL_ENV] || undefined;
 }
@@ -29,7 +29,7 @@ export interface PostgresServer {
   stop(): Promise<void>;
 }
 
-/** The bin folder of the newest PostgreSQL that Debian's packages installed. */
+/** Finds the bin folder of the newest PostgreSQL that Debian's packages installed. */
 function binDirectory(): string {
   const root = '/usr/lib/postgresql';
   const versions = existsSync(root)
@@ -44,9 +44,9 @@ function binDirectory(): string {
 }
 
 /**
- * The user and group the server runs as: PostgreSQL refuses to run as root,
- * so a root test run hands the server to the `postgres` account that the
- * Debian package creates.
+ * Returns the user and group to run the server as. PostgreSQL refuses to run
+ * as root, so a root test run hands the server to the `postgres` account
+ * that the Debian package creates.
  */
 function serverIdentity(): { uid: number; gid: number } | undefined {
   if (process.getuid?.() !== 0) return undefined;
@@ -146,8 +146,8 @@ async function administer(serverUrl: string, statement: string): Promise<void> {
 }
 
 /**
- * The URL of the database of the test server whose data directory is
- * `dataDir`, or undefined when tests run on SQLite.
+ * Returns the URL of the database of the test server whose data directory
+ * is `dataDir`, or undefined when tests run on SQLite.
  */
 export function databaseUrlFor(dataDir: string): string | undefined {
   const serverUrl = testPostgresUrl();
@@ -200,7 +200,7 @@ export async function dropDatabaseFor(serverUrl: string, dataDir: string): Promi
   await administer(serverUrl, `drop database if exists ${databaseName(dataDir)} with (force)`);
 }
 
-/** A database name derived from the data directory's absolute path. */
+/** Derives a database name from the data directory's absolute path. */
 function databaseName(dataDir: string): string {
   return `mcr_${createHash('sha256').update(path.resolve(dataDir)).digest('hex').slice(0, 24)}`;
 }
