@@ -75,6 +75,53 @@ describe('sessions', () => {
     assert.equal((await json('POST', '/v1/auth/logout', undefined, bearer)).status, 401);
   });
 
+  it('end sessions on a password change', async () => {
+    await json('POST', '/v1/accounts', {
+      username: 'xsession',
+      password: 'xsession-password',
+      role: 'admin',
+      kind: 'human',
+    });
+    const login = async (username: string, password: string) => {
+      const response = await json('POST', '/v1/auth/login', { username, password }, null);
+      assert.equal(response.status, 200);
+      return `Bearer ${response.body.token as string}`;
+    };
+    const first = await login('xsession', 'xsession-password');
+    const second = await login('xsession', 'xsession-password');
+    const other = await login('admin', 'test-admin-password');
+    assert.equal((await json('GET', '/v1/accounts', undefined, first)).status, 200);
+
+    // A change of kind keeps the sessions, and a new password ends both.
+    const kind = await json('PATCH', '/v1/accounts/xsession', { kind: 'system' }, other);
+    assert.equal(kind.status, 200);
+    assert.equal((await json('GET', '/v1/accounts', undefined, first)).status, 200);
+    const change = await json(
+      'PATCH',
+      '/v1/accounts/xsession',
+      { password: 'xsession-new-password' },
+      other,
+    );
+    assert.equal(change.status, 200);
+    for (const bearer of [first, second]) {
+      const response = await json('GET', '/v1/accounts', undefined, bearer);
+      assert.equal(response.status, 401);
+      assert.equal(response.body.error, 'session is invalid or expired: log in again');
+    }
+    assert.equal((await json('GET', '/v1/accounts', undefined, other)).status, 200);
+    const left = await queryTestDatabase(
+      server.dataDir,
+      'select count(*) as n from sessions s join accounts a on a.id = s.account_id where a.username = ?',
+      ['xsession'],
+    );
+    assert.equal(Number(left.rows[0]?.n), 0);
+
+    // The new password opens a working session.
+    const fresh = await login('xsession', 'xsession-new-password');
+    assert.equal((await json('GET', '/v1/accounts', undefined, fresh)).status, 200);
+    assert.equal((await json('DELETE', '/v1/accounts/xsession')).status, 204);
+  });
+
   it('reject wrong credentials and bad bodies', async () => {
     assert.equal(
       (await json('POST', '/v1/auth/login', { username: 'admin', password: 'nope' }, null)).status,

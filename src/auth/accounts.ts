@@ -153,7 +153,10 @@ export class Accounts {
     return toAccount(row);
   }
 
-  /** Changes an account's role, kind, password or disabled flag. */
+  /**
+   * Changes an account's role, kind, password or disabled flag. A password
+   * change also ends the account's login sessions.
+   */
   async update(
     username: string,
     changes: { role?: Role; kind?: AccountKind; disabled?: boolean; password?: string },
@@ -162,20 +165,28 @@ export class Accounts {
     if (changes.kind !== undefined) validateKind(changes.kind);
     if (changes.password !== undefined) validatePassword(changes.password);
 
-    const row = await this.db
-      .updateTable('accounts')
-      .set({
-        ...(changes.role !== undefined ? { role: changes.role } : {}),
-        ...(changes.kind !== undefined ? { kind: changes.kind } : {}),
-        ...(changes.disabled !== undefined ? { disabled: changes.disabled ? 1 : 0 } : {}),
-        ...(changes.password !== undefined
-          ? { password_hash: await hashPassword(changes.password) }
-          : {}),
-        updated_at: Date.now(),
-      })
-      .where('username', '=', username)
-      .returningAll()
-      .executeTakeFirst();
+    const passwordHash =
+      changes.password !== undefined ? await hashPassword(changes.password) : undefined;
+    const row = await this.db.transaction().execute(async (trx) => {
+      const updated = await trx
+        .updateTable('accounts')
+        .set({
+          ...(changes.role !== undefined ? { role: changes.role } : {}),
+          ...(changes.kind !== undefined ? { kind: changes.kind } : {}),
+          ...(changes.disabled !== undefined ? { disabled: changes.disabled ? 1 : 0 } : {}),
+          ...(passwordHash !== undefined ? { password_hash: passwordHash } : {}),
+          updated_at: Date.now(),
+        })
+        .where('username', '=', username)
+        .returningAll()
+        .executeTakeFirst();
+      // A new password ends the account's login sessions, so that whoever
+      // logged in with the old one has to log in again.
+      if (updated && passwordHash !== undefined) {
+        await trx.deleteFrom('sessions').where('account_id', '=', updated.id).execute();
+      }
+      return updated;
+    });
     if (!row) throw new AccountError(`account ${username} not found`, 'not_found');
 
     this.onChange(row.id);
