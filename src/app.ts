@@ -77,6 +77,13 @@ export async function startRegistry(
     driver: config.database.driver,
     dataDir: config.dataDir,
     url: config.database.url,
+    statementTimeoutMs: config.statementTimeoutMs,
+    connectWaitMs: config.connectWaitMs,
+    onConnectRetry: (error, waitedMs) =>
+      log.warn(
+        { err: error, waitedMs, connectWaitMs: config.connectWaitMs },
+        'PostgreSQL cannot be reached yet; trying again (database.connect_wait)',
+      ),
     backgroundCheckpoints: true,
     onCheckpointError: (error) =>
       log.error({ err: error }, 'background WAL checkpoints stopped; commits run them again'),

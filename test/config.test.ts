@@ -23,6 +23,8 @@ describe('configuration', () => {
     assert.equal(config.database.driver, 'sqlite');
     assert.equal(config.storage.driver, 'filesystem');
     assert.equal(config.gracePeriodMs, 3_600_000);
+    assert.equal(config.statementTimeoutMs, 60_000);
+    assert.equal(config.connectWaitMs, 60_000);
     assert.equal(config.log.level, 'info');
     assert.equal(config.server.grpc_addr, '');
   });
@@ -37,6 +39,8 @@ grpc_addr = "127.0.0.1:5001"
 [database]
 driver = "postgres"
 url = "postgres://mcr@localhost/mcr"
+statement_timeout = "30s"
+connect_wait = "0s"
 [storage]
 driver = "filesystem"
 [gc]
@@ -49,6 +53,8 @@ level = "debug"
     assert.deepEqual(config.listen, { host: '::1', port: 5443 });
     assert.equal(config.server.external_url, 'https://registry.example.test');
     assert.equal(config.database.driver, 'postgres');
+    assert.equal(config.statementTimeoutMs, 30_000);
+    assert.equal(config.connectWaitMs, 0);
     assert.equal(config.gracePeriodMs, 5_400_000);
     assert.equal(config.log.level, 'debug');
   });
@@ -61,9 +67,11 @@ level = "debug"
         MCR_SERVER_LISTEN_ADDR: '0.0.0.0:7000',
         MCR_DATA_DIR: '/tmp/x',
         MCR_GC_GRACE_PERIOD: '10m',
+        MCR_DATABASE_CONNECT_WAIT: '2m',
         MCR_LOG_LEVEL: 'warn',
       },
     });
+    assert.equal(config.connectWaitMs, 120_000);
     assert.deepEqual(config.listen, { host: '0.0.0.0', port: 7000 });
     assert.equal(config.dataDir, '/tmp/x');
     assert.equal(config.gracePeriodMs, 600_000);

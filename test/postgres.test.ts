@@ -2,6 +2,7 @@
 // of credentials and manifests rely on. Runs in the PostgreSQL pass only.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -12,6 +13,7 @@ import pg from 'pg';
 import { openMetadataDb, type MetadataDb } from '../src/metadata/db.js';
 import {
   createDatabaseFor,
+  databaseUrlFor,
   dropDatabaseFor,
   startPostgres,
   testPostgresUrl,
@@ -287,12 +289,96 @@ describe(
   },
 );
 
+describe(
+  'PostgreSQL statement timeout',
+  { skip: serverUrl ? false : 'not a PostgreSQL test run' },
+  () => {
+    it('answers 503 to a request stuck on a lock', async () => {
+      const server = await startServer({ env: { MCR_DATABASE_STATEMENT_TIMEOUT: '1s' } });
+      const locker = new pg.Client({ connectionString: databaseUrlFor(server.dataDir) });
+      await locker.connect();
+      try {
+        await locker.query('begin');
+        await locker.query('lock table repositories in access exclusive mode');
+        const started = Date.now();
+        const stuck = await server.fetch('/v2/_catalog');
+        const waited = Date.now() - started;
+        assert.equal(stuck.status, 503);
+        assert.equal(stuck.headers.get('retry-after'), '5');
+        const body = (await stuck.json()) as { errors: Array<{ code: string }> };
+        assert.equal(body.errors[0]?.code, 'UNAVAILABLE');
+        assert.ok(waited >= 900, `answered after ${waited} ms, before the timeout`);
+        assert.ok(waited < 8_000, `answered after ${waited} ms`);
+
+        await locker.query('rollback');
+        const freed = await server.fetch('/v2/_catalog');
+        assert.equal(freed.status, 200);
+        assert.deepEqual(await freed.json(), { repositories: [] });
+      } finally {
+        await locker.end();
+        await server.cleanup();
+      }
+    });
+  },
+);
+
+describe(
+  'mcr started before PostgreSQL accepts connections',
+  { skip: serverUrl ? false : 'not a PostgreSQL test run' },
+  () => {
+    it('retries until it can connect', async () => {
+      const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-pg-wait-'));
+      const target = new URL(await createDatabaseFor(serverUrl as string, dataDir));
+      const port = await unusedPort();
+      const late = new URL(target);
+      late.port = String(port);
+      // Nothing listens on the port until this forwarder to the real server
+      // opens it, 2.5 s after mcr starts.
+      const forwarder = createServer((socket) => {
+        const upstream = connect(Number(target.port), target.hostname);
+        socket.pipe(upstream).pipe(socket);
+        socket.on('error', () => upstream.destroy());
+        upstream.on('error', () => socket.destroy());
+      });
+      const opening = sleep(2_500).then(
+        () => new Promise<void>((resolve) => forwarder.listen(port, '127.0.0.1', resolve)),
+      );
+      let server: TestServer | undefined;
+      try {
+        server = await startServer({
+          dataDir,
+          env: {
+            MCR_DATABASE_DRIVER: 'postgres',
+            MCR_DATABASE_URL: late.toString(),
+            MCR_DATABASE_CONNECT_WAIT: '30s',
+          },
+        });
+        await opening;
+        const retries = server.logs.filter(
+          (entry) =>
+            entry.msg === 'PostgreSQL cannot be reached yet; trying again (database.connect_wait)',
+        );
+        assert.ok(retries.length >= 1, 'no retry was logged');
+        assert.equal((retries[0]?.err as { code?: string }).code, 'ECONNREFUSED');
+        await pushImage(server, 'late/app', 'v1');
+        const tags = await server.fetch('/v2/late/app/tags/list');
+        assert.deepEqual(await tags.json(), { name: 'late/app', tags: ['v1'] });
+      } finally {
+        await server?.cleanup();
+        forwarder.close();
+        await dropDatabaseFor(serverUrl as string, dataDir);
+      }
+    });
+  },
+);
+
 describe('mcr started without a reachable PostgreSQL', () => {
   it('exits with one line naming the URL', async () => {
     const port = await unusedPort();
     const result = runUntilExit({
       MCR_DATABASE_DRIVER: 'postgres',
       MCR_DATABASE_URL: `postgres://mcr:secret-password@127.0.0.1:${port}/mcr`,
+      MCR_DATABASE_CONNECT_WAIT: '0s',
     });
     assert.equal(result.status, 1, result.stderr);
     assert.equal(

@@ -71,6 +71,8 @@ const configSchema = z.strictObject({
     .strictObject({
       driver: z.enum(['sqlite', 'postgres']).default('sqlite'),
       url: z.string().default(''),
+      statement_timeout: duration.default('60s'),
+      connect_wait: duration.default('60s'),
     })
     .prefault({}),
   storage: z
@@ -148,6 +150,10 @@ export interface Config extends RawConfig {
   /** Absolute data directory. */
   dataDir: string;
   listen: { host: string; port: number };
+  /** PostgreSQL's statement timeout, or 0 for none. */
+  statementTimeoutMs: number;
+  /** How long to retry at start while PostgreSQL cannot be reached. */
+  connectWaitMs: number;
   gracePeriodMs: number;
   /** Time between scheduled GC runs; undefined when no schedule is set. */
   gcScheduleMs: number | undefined;
@@ -229,6 +235,8 @@ export function loadConfig(
     ...config,
     dataDir: path.resolve(cwd, config.data_dir),
     listen: parseListenAddress(config.server.listen_addr) as { host: string; port: number },
+    statementTimeoutMs: parseDuration(config.database.statement_timeout) as number,
+    connectWaitMs: parseDuration(config.database.connect_wait) as number,
     gracePeriodMs: parseDuration(config.gc.grace_period) as number,
     gcScheduleMs: config.gc.schedule === '' ? undefined : parseDuration(config.gc.schedule),
     gcUploadMaxAgeMs: parseDuration(config.gc.upload_max_age) as number,

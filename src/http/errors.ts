@@ -1,5 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 
+import { isDatabaseUnavailable } from '../metadata/db.js';
 import { RegistryError } from '../registry/errors.js';
 
 /** Builds the body of an error response in the distribution specification's format. */
@@ -66,28 +67,6 @@ export function sendError(
 
 /** Seconds a client is asked to wait (Retry-After) while the metadata database is unavailable. */
 export const UNAVAILABLE_RETRY_SECONDS = 5;
-
-/**
- * Reports whether an error means that the metadata database cannot be
- * reached or is shutting down. Such errors are PostgreSQL's connection
- * exceptions (SQLSTATE class 08) and operator interventions (57P), a refused
- * or ended connection, no pool connection within the timeout, and SQLite
- * still locked after its busy timeout.
- */
-export function isDatabaseUnavailable(error: unknown): boolean {
-  const code = (error as { code?: unknown } | undefined)?.code;
-  if (
-    typeof code === 'string' &&
-    /^(08[0-9A-Z]{3}|57P0[1-3]|ECONNREFUSED|SQLITE_BUSY)$/.test(code)
-  ) {
-    return true;
-  }
-  const message = error instanceof Error ? error.message : '';
-  return (
-    message.startsWith('Connection terminated') ||
-    message === 'timeout exceeded when trying to connect'
-  );
-}
 
 /** Logs at most one line per UNAVAILABLE_LOG_MS for an outage, with the number left out. */
 const UNAVAILABLE_LOG_MS = 10_000;

@@ -62,6 +62,18 @@ export interface OpenOptions {
    * a listener, the failure would end the process.
    */
   onConnectionError?: (error: Error) => void;
+  /**
+   * How long a PostgreSQL statement, or a transaction left idle, may run
+   * before the server cancels it, in milliseconds, or 0 for no limit.
+   */
+  statementTimeoutMs?: number;
+  /**
+   * How long to keep trying at start while PostgreSQL cannot be reached or
+   * is still starting up, in milliseconds, or 0 to fail at the first attempt.
+   */
+  connectWaitMs?: number;
+  /** Called before each new attempt while waiting for PostgreSQL at start. */
+  onConnectRetry?: (error: Error, waitedMs: number) => void;
 }
 
 /** Raised when mcr cannot connect to PostgreSQL or bring its schema up to date at start. */
@@ -79,18 +91,52 @@ export async function openMetadataDb(options: OpenOptions): Promise<MetadataDb> 
     await migrate(handle.db, handle.dialect);
     return handle;
   }
-  const handle = await openPostgres(options);
-  try {
-    await migrate(handle.db, handle.dialect);
-  } catch (error) {
-    await handle.close().catch(() => undefined);
-    throw new DatabaseOpenError(
-      `failed to open the PostgreSQL database ${redactPassword(options.url ?? '')} (MCR_DATABASE_URL): ${(error as Error).message}`,
-      { cause: error },
-    );
+  const started = Date.now();
+  for (let attempt = 1; ; attempt += 1) {
+    const handle = await openPostgres(options);
+    try {
+      await migrate(handle.db, handle.dialect);
+      return handle;
+    } catch (error) {
+      await handle.close().catch(() => undefined);
+      const waited = Date.now() - started;
+      const delay = Math.min(attempt * CONNECT_RETRY_STEP_MS, CONNECT_RETRY_MAX_MS);
+      if (!isDatabaseUnavailable(error) || waited + delay > (options.connectWaitMs ?? 0)) {
+        throw new DatabaseOpenError(
+          `failed to open the PostgreSQL database ${redactPassword(options.url ?? '')} (MCR_DATABASE_URL): ${(error as Error).message}`,
+          { cause: error },
+        );
+      }
+      options.onConnectRetry?.(error as Error, waited);
+      await sleep(delay);
+    }
   }
-  return handle;
 }
+
+/** Pauses between attempts to reach PostgreSQL at start: 1 s, 2 s, and so on up to 5 s. */
+const CONNECT_RETRY_STEP_MS = 1_000;
+const CONNECT_RETRY_MAX_MS = 5_000;
+
+/**
+ * Reports whether an error means that the metadata database cannot be
+ * reached, is starting or shutting down, or is too busy to respond. Such
+ * errors are PostgreSQL's connection exceptions (SQLSTATE class 08), operator
+ * interventions (57P) and cancelled statements (57014, the statement
+ * timeout), network failures, no pool connection within the timeout, and
+ * SQLite still locked after its busy timeout.
+ */
+export function isDatabaseUnavailable(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  if (typeof code === 'string' && UNAVAILABLE_CODES.test(code)) return true;
+  const message = error instanceof Error ? error.message : '';
+  return (
+    message.startsWith('Connection terminated') ||
+    message === 'timeout exceeded when trying to connect'
+  );
+}
+
+const UNAVAILABLE_CODES =
+  /^(08[0-9A-Z]{3}|57P0[1-3]|57014|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|SQLITE_BUSY)$/;
 
 /** Returns a connection URL with its password, if any, replaced by `***`. */
 function redactPassword(url: string): string {
@@ -316,6 +362,12 @@ async function openPostgres(options: OpenOptions): Promise<MetadataDb> {
     // that does not respond, or locks that hold every connection, fail
     // requests instead of stalling them without end.
     connectionTimeoutMillis: CONNECTION_TIMEOUT_MS,
+    ...(options.statementTimeoutMs
+      ? {
+          statement_timeout: options.statementTimeoutMs,
+          idle_in_transaction_session_timeout: options.statementTimeoutMs,
+        }
+      : {}),
   });
   pool.on('error', (error) => options.onConnectionError?.(error));
   // A connection that fails during a query emits the error too, with no
