@@ -14,6 +14,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import {
   blobRows,
@@ -343,5 +344,91 @@ describe('garbage collection during pushes', () => {
         entry.msg === 'blob is recorded in the database but its bytes are missing from storage',
     );
     assert.deepEqual(missingBytes, []);
+  });
+});
+
+describe('pushes racing garbage collection and repository deletion', () => {
+  // Without a grace period, every run may delete what a push uploaded a
+  // moment before, and the admin API deletes the repositories being pushed
+  // to. On PostgreSQL, pushes and runs then violate foreign keys, and only
+  // running the conflicting transaction again keeps them from failing.
+  it('fails no push and no run', async () => {
+    const racer = await startServer({ env: { MCR_GC_GRACE_PERIOD: '0s' } });
+    const statuses = new Map<string, number>();
+    const count = (key: string) => statuses.set(key, (statuses.get(key) ?? 0) + 1);
+    const failures: string[] = [];
+    const deadline = Date.now() + 6_000;
+    const runs: GcRunJson[] = [];
+    try {
+      const pusher = async (client: number) => {
+        for (let n = 0; Date.now() < deadline; n++) {
+          const repository = `race/r${n % 3}`;
+          const blobs = [randomBytes(64), randomBytes(64)];
+          const digests: string[] = [];
+          for (const bytes of blobs) {
+            const digest = sha256(bytes);
+            const response = await racer.fetch(
+              `/v2/${repository}/blobs/uploads/?digest=${digest}`,
+              {
+                method: 'POST',
+                headers: { 'Content-Type': 'application/octet-stream' },
+                body: bytes,
+              },
+            );
+            count(`blob ${response.status}`);
+            if (response.status !== 201) failures.push(`blob: ${await response.text()}`);
+            else await response.arrayBuffer();
+            digests.push(digest);
+          }
+          const manifest = JSON.stringify({
+            schemaVersion: 2,
+            mediaType: OCI_MANIFEST,
+            config: { mediaType: OCI_CONFIG, digest: digests[0], size: 64 },
+            layers: [{ mediaType: OCI_LAYER, digest: digests[1], size: 64 }],
+          });
+          const response = await racer.fetch(`/v2/${repository}/manifests/c${client}-${n % 4}`, {
+            method: 'PUT',
+            headers: { 'Content-Type': OCI_MANIFEST },
+            body: manifest,
+          });
+          count(`manifest ${response.status}`);
+          const text = await response.text();
+          // A blob that a run or a repository deletion removed before the
+          // manifest arrived is unknown to the push, as it would be after.
+          const lostBlob = response.status === 400 && text.includes('MANIFEST_BLOB_UNKNOWN');
+          if (response.status !== 201 && !lostBlob) failures.push(`manifest: ${text}`);
+        }
+      };
+      const collector = async () => {
+        while (Date.now() < deadline) runs.push(await runGc(racer, { delete_untagged: true }));
+      };
+      const deleter = async () => {
+        for (let n = 0; Date.now() < deadline; n++) {
+          await sleep(150);
+          const response = await racer.fetch(`/v1/repositories/race/r${n % 3}`, {
+            method: 'DELETE',
+          });
+          count(`repository delete ${response.status}`);
+          const text = await response.text();
+          if (response.status !== 204 && response.status !== 404) {
+            failures.push(`repository delete: ${text}`);
+          }
+        }
+      };
+      await Promise.all([pusher(0), pusher(1), pusher(2), pusher(3), collector(), deleter()]);
+      console.log(JSON.stringify(Object.fromEntries(statuses)), `${runs.length} GC runs`);
+
+      assert.deepEqual(failures, []);
+      assert.ok((statuses.get('manifest 201') ?? 0) > 50, 'too few pushes to race');
+      assert.ok((statuses.get('repository delete 204') ?? 0) > 5, 'too few repository deletions');
+      assert.ok(runs.length > 5, 'too few GC runs');
+      for (const gc of runs) assert.equal(gc.state, 'succeeded', gc.error ?? '');
+      const errors = racer.logs.filter((entry) => Number(entry.level) >= 50);
+      assert.deepEqual(errors, []);
+      assert.deepEqual(await storeProblems(racer.dataDir), []);
+      assert.deepEqual(await referenceProblems(racer.dataDir), []);
+    } finally {
+      await racer.cleanup();
+    }
   });
 });

@@ -6,6 +6,7 @@ import type { Kysely, Selectable } from 'kysely';
 import type { Logger } from 'pino';
 
 import { ConfigError } from '../config/index.js';
+import { runTransaction } from '../metadata/db.js';
 import type { AccountsTable, Database } from '../metadata/schema.js';
 import {
   ACCOUNT_KINDS,
@@ -167,7 +168,7 @@ export class Accounts {
 
     const passwordHash =
       changes.password !== undefined ? await hashPassword(changes.password) : undefined;
-    const row = await this.db.transaction().execute(async (trx) => {
+    const row = await runTransaction(this.db, async (trx) => {
       const updated = await trx
         .updateTable('accounts')
         .set({

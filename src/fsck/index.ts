@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 
+import { runTransaction } from '../metadata/db.js';
 import type { Database } from '../metadata/schema.js';
 import { parseDigest, type Digest } from '../registry/digest.js';
 import { BlobNotFoundError, type BlobStore } from '../storage/types.js';
@@ -233,7 +234,7 @@ export class Fsck {
     const keptRows: FsckReport['missingBytes'] = [];
     for (const entry of report.missingBytes) {
       onProgress({ phase: 'repair', done: done++, total });
-      const removed = await this.db.transaction().execute(async (trx) => {
+      const removed = await runTransaction(this.db, async (trx) => {
         const row = await trx
           .selectFrom('blobs')
           .select('id')

@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely';
 import type { Logger } from 'pino';
 
+import { runTransaction } from '../metadata/db.js';
 import type { Dialect } from '../metadata/migrations.js';
 import type { Database } from '../metadata/schema.js';
 import { isDigest, parseDigest } from '../registry/digest.js';
@@ -153,7 +154,7 @@ export async function sweepUntaggedManifests(run: SweepRun): Promise<void> {
     const windows = new IdWindows(await maxId(run.db, 'manifests'));
     while (!windows.done) {
       await run.checkpoint();
-      const rows = await run.db.transaction().execute(async (trx) => {
+      const rows = await runTransaction(run.db, async (trx) => {
         const candidates = await selectUntaggedManifests(trx, run.cutoff, windows);
         if (!run.dryRun && candidates.length > 0) {
           // manifest_references rows go with the manifest (ON DELETE CASCADE).
@@ -322,7 +323,7 @@ export async function sweepBlobs(run: SweepRun): Promise<void> {
   const windows = new IdWindows(await maxId(run.db, 'blobs'));
   while (!windows.done) {
     await run.checkpoint();
-    const batch = await run.db.transaction().execute(async (trx) => {
+    const batch = await runTransaction(run.db, async (trx) => {
       const candidates = await unusedBlobs(trx, run.cutoff)
         .select(['b.id', 'b.digest', 'b.size'])
         .where('b.id', '>', windows.afterId)
@@ -402,7 +403,7 @@ export async function sweepOrphanedBlobFiles(run: SweepRun): Promise<void> {
 
 async function deleteOrphanedBlobFiles(run: SweepRun, digests: string[]): Promise<void> {
   await run.checkpoint();
-  const orphans = await run.db.transaction().execute(async (trx) => {
+  const orphans = await runTransaction(run.db, async (trx) => {
     await lockDigests(trx, run.dialect, digests);
     const known = new Set<string>();
     const queries = [
@@ -444,7 +445,7 @@ export async function sweepUploads(run: SweepRun): Promise<void> {
   let afterId = '';
   for (;;) {
     await run.checkpoint();
-    const batch = await run.db.transaction().execute(async (trx) => {
+    const batch = await runTransaction(run.db, async (trx) => {
       const abandoned = await trx
         .selectFrom('uploads as u')
         .select(['u.id', 'u.storage_key', 'u.repository_id'])

@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import { sql, type Kysely, type Transaction } from 'kysely';
 
+import { runTransaction } from '../metadata/db.js';
 import type { Dialect } from '../metadata/migrations.js';
 import { PreparedQuery } from '../metadata/prepared.js';
 import type { Database } from '../metadata/schema.js';
@@ -44,12 +45,12 @@ import { RegistryError } from '../registry/errors.js';
 // transaction that references or links it, so they either see the row (and
 // G1 later finds the new reference or link) or fail with BLOB_UNKNOWN.
 //
-// NOTE: PostgreSQL runs transactions concurrently at READ COMMITTED, so C1
-// and G1 could both see the other's row absent. Both therefore take a
+// PostgreSQL runs transactions concurrently at READ COMMITTED, so C1 and G1
+// could both see the other's row absent. Both therefore take a
 // transaction-scoped advisory lock per digest (lockDigests). Manifest pushes
-// and mounts take no such lock: on PostgreSQL a push racing G1 fails on the
-// foreign key to blobs (or makes G1 fail) instead of waiting. This path has
-// not been run against PostgreSQL yet.
+// and mounts take no such lock. On PostgreSQL, a push racing G1 fails on the
+// foreign key to blobs, or makes G1 fail on it, and runTransaction runs the
+// loser again: the push then finds the blob gone, or G1 finds the reference.
 
 /** How long an upload waits for garbage collection to finish deleting the same digest. */
 const COMMIT_WAIT_MS = 30_000;
@@ -76,7 +77,7 @@ export async function commitBlob(
     await ctx.store.commitUpload(upload.key, upload.digest, upload.size, {
       synced: upload.synced ?? false,
     });
-    await ctx.db.transaction().execute(async (trx) => {
+    await runTransaction(ctx.db, async (trx) => {
       await record(trx);
       await deleteCommit.execute(trx, upload.key);
     });
@@ -113,7 +114,7 @@ const deleteCommit = new PreparedQuery((db, key: string) =>
 async function claimDigest(ctx: CoreContext, key: string, digest: string): Promise<void> {
   const started = Date.now();
   for (let attempt = 0; ; attempt++) {
-    const claimed = await ctx.db.transaction().execute(async (trx) => {
+    const claimed = await runTransaction(ctx.db, async (trx) => {
       await lockDigests(trx, ctx.dialect, [digest]);
       if (await selectTombstone.first(trx, digest)) return false;
       await upsertCommit.execute(trx, key, digest, Date.now());

@@ -10,6 +10,7 @@ import {
   PostgresDialect,
   SqliteDialect,
   type Driver,
+  type Transaction,
   type SqliteDatabase as SqliteDialectDatabase,
 } from 'kysely';
 
@@ -112,6 +113,37 @@ export async function openMetadataDb(options: OpenOptions): Promise<MetadataDb> 
     }
   }
 }
+
+/**
+ * Runs `work` in a transaction, and runs it again when PostgreSQL aborts it
+ * for a conflict with a concurrent transaction. Conflicts are deadlocks
+ * (40P01), serialization failures (40001) and foreign keys to rows that a
+ * concurrent transaction deleted (23503), as when garbage collection deletes
+ * a blob that a manifest push references. A new attempt reads afresh, so a
+ * push that lost its blob fails with the registry's own error, and garbage
+ * collection sees the new reference. `work` must change nothing outside the
+ * transaction. SQLite runs one write transaction at a time and raises none
+ * of these.
+ */
+export async function runTransaction<T>(
+  db: Kysely<Database>,
+  work: (trx: Transaction<Database>) => Promise<T>,
+): Promise<T> {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await db.transaction().execute(work);
+    } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      if (attempt >= TRANSACTION_ATTEMPTS || typeof code !== 'string') throw error;
+      if (!CONFLICT_CODES.has(code)) throw error;
+      // A random pause, so that two transactions that deadlocked do not meet again.
+      await sleep(Math.random() * 20 * attempt);
+    }
+  }
+}
+
+const TRANSACTION_ATTEMPTS = 5;
+const CONFLICT_CODES = new Set(['40P01', '40001', '23503']);
 
 /** Pauses between attempts to reach PostgreSQL at start: 1 s, 2 s, and so on up to 5 s. */
 const CONNECT_RETRY_STEP_MS = 1_000;

@@ -1,5 +1,6 @@
 import type { Transaction } from 'kysely';
 
+import { runTransaction } from '../metadata/db.js';
 import { PreparedQuery } from '../metadata/prepared.js';
 import type { Database } from '../metadata/schema.js';
 import type { CoreContext } from './core.js';
@@ -229,7 +230,7 @@ export class Manifests {
       subject: manifest.subject?.digest,
       tag: reference.kind === 'tag' ? { name: reference.tag, previous } : undefined,
     });
-    const previous = await this.ctx.db.transaction().execute(async (trx) => {
+    const previous = await runTransaction(this.ctx.db, async (trx) => {
       const repositoryId = await ensureRepository(trx, repository);
       const references = await this.resolveReferences(trx, repositoryId, repository, manifest);
       const manifestId = await this.upsertManifest(trx, repositoryId, digest, content, manifest);

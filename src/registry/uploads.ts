@@ -3,6 +3,7 @@ import { randomUUID, type Hash } from 'node:crypto';
 import type { Selectable } from 'kysely';
 
 import { commitBlob } from '../gc/tombstones.js';
+import { runTransaction } from '../metadata/db.js';
 import { PreparedQuery } from '../metadata/prepared.js';
 import type { UploadsTable } from '../metadata/schema.js';
 import { UploadNotFoundError } from '../storage/types.js';
@@ -116,7 +117,7 @@ export class Uploads {
   async start(repository: string): Promise<UploadSession> {
     const id = randomUUID();
     const now = Date.now();
-    await this.ctx.db.transaction().execute(async (trx) => {
+    await runTransaction(this.ctx.db, async (trx) => {
       const repositoryId = await ensureRepository(trx, repository);
       await insertSession.execute(trx, id, repositoryId, now);
     });
@@ -290,7 +291,7 @@ export class Uploads {
    * mount). Returns false, linking nothing, when `from` lacks the blob.
    */
   async mount(repository: string, digest: string, from: string): Promise<boolean> {
-    return this.ctx.db.transaction().execute(async (trx) => {
+    return runTransaction(this.ctx.db, async (trx) => {
       const source = await trx
         .selectFrom('blobs')
         .innerJoin('repository_blobs', 'repository_blobs.blob_id', 'blobs.id')
@@ -428,7 +429,7 @@ export class Uploads {
    */
   private async discard(row: { id: string; storage_key: string; repository_id: number }) {
     this.hashes.delete(row.id);
-    await this.ctx.db.transaction().execute(async (trx) => {
+    await runTransaction(this.ctx.db, async (trx) => {
       await deleteSession.execute(trx, row.id);
       await deleteRepositoryIfEmpty(trx, row.repository_id);
     });
