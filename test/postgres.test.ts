@@ -18,7 +18,7 @@ import {
   startPostgres,
   testPostgresUrl,
 } from './helpers/postgres.js';
-import { pushImage } from './helpers/oci.js';
+import { pushBlob, pushImage } from './helpers/oci.js';
 import { unusedPort } from './helpers/mcrctl.js';
 import { runUntilExit, startServer, type TestServer } from './helpers/server.js';
 
@@ -316,6 +316,50 @@ describe(
         assert.deepEqual(await freed.json(), { repositories: [] });
       } finally {
         await locker.end();
+        await server.cleanup();
+      }
+    });
+  },
+);
+
+describe(
+  'repository deletion on PostgreSQL',
+  { skip: serverUrl ? false : 'not a PostgreSQL test run' },
+  () => {
+    it('keeps what a concurrent transaction adds', async () => {
+      const server = await startServer();
+      const writer = new pg.Client({ connectionString: databaseUrlFor(server.dataDir) });
+      await writer.connect();
+      try {
+        const layer = await pushBlob(server, 'other/app', 'a layer to link');
+        // The repository exists only through this upload session, so
+        // cancelling the session deletes it unless something else arrives.
+        const started = await server.fetch('/v2/lock/app/blobs/uploads/', { method: 'POST' });
+        assert.equal(started.status, 202);
+        const location = started.headers.get('location') as string;
+
+        await writer.query('begin');
+        await writer.query(
+          `insert into repository_blobs (repository_id, blob_id, created_at)
+           select r.id, b.id, 0 from repositories r, blobs b where r.name = $1 and b.digest = $2`,
+          ['lock/app', layer],
+        );
+        const cancelling = server.fetch(location, { method: 'DELETE' });
+        await sleep(500);
+        await writer.query('commit');
+        const cancelled = await cancelling;
+        assert.equal(cancelled.status, 204);
+
+        const links = await writer.query(
+          `select count(*)::int as n from repository_blobs l
+           join repositories r on r.id = l.repository_id where r.name = $1`,
+          ['lock/app'],
+        );
+        assert.equal(links.rows[0].n, 1);
+        const head = await server.fetch(`/v2/lock/app/blobs/${layer}`, { method: 'HEAD' });
+        assert.equal(head.status, 200);
+      } finally {
+        await writer.end();
         await server.cleanup();
       }
     });

@@ -486,7 +486,7 @@ export async function sweepUploads(run: SweepRun): Promise<void> {
       );
       // As when a client cancels: a repository that only the session created goes too.
       for (const repositoryId of new Set(abandoned.map((row) => row.repository_id))) {
-        await deleteRepositoryIfEmpty(trx, repositoryId);
+        await deleteRepositoryIfEmpty(trx, run.dialect, repositoryId);
       }
       return { abandoned, deleted: abandoned.filter((row) => deletedIds.has(row.id)) };
     });

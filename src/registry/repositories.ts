@@ -1,5 +1,6 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 
+import type { Dialect } from '../metadata/migrations.js';
 import { PreparedQuery } from '../metadata/prepared.js';
 import type { Database } from '../metadata/schema.js';
 
@@ -34,8 +35,26 @@ export async function ensureRepository(db: Executor, name: string): Promise<numb
  * Deletes a repository that contains no manifest, blob or upload session. The
  * conditions and the delete are one statement, so a concurrent push that
  * already added content keeps the repository.
+ *
+ * On PostgreSQL the repository's row is locked first. A push that is adding
+ * rows holds a lock on it through their foreign keys, so this waits for the
+ * push to commit, and the delete's conditions then see the push's rows.
+ * Without the lock, the delete would read the repository as empty and its
+ * cascade would remove the manifest that the push had just committed.
  */
-export async function deleteRepositoryIfEmpty(db: Executor, repositoryId: number): Promise<void> {
+export async function deleteRepositoryIfEmpty(
+  db: Executor,
+  dialect: Dialect,
+  repositoryId: number,
+): Promise<void> {
+  if (dialect === 'postgres') {
+    await db
+      .selectFrom('repositories')
+      .select('id')
+      .where('id', '=', repositoryId)
+      .forUpdate()
+      .execute();
+  }
   await db
     .deleteFrom('repositories')
     .where('id', '=', repositoryId)

@@ -431,7 +431,7 @@ export class Uploads {
     this.hashes.delete(row.id);
     await runTransaction(this.ctx.db, async (trx) => {
       await deleteSession.execute(trx, row.id);
-      await deleteRepositoryIfEmpty(trx, row.repository_id);
+      await deleteRepositoryIfEmpty(trx, this.ctx.dialect, row.repository_id);
     });
     await this.ctx.store.abortUpload(row.storage_key);
   }
