@@ -377,6 +377,45 @@ describe('garbage collection of uploads and orphaned files', () => {
   });
 });
 
+describe('garbage collection of empty repositories', () => {
+  async function repositoryNames(): Promise<string[]> {
+    const response = await server.fetch('/v1/repositories?limit=1000');
+    assert.equal(response.status, 200);
+    const body = (await response.json()) as { repositories: Array<{ name: string }> };
+    return body.repositories.map((row) => row.name);
+  }
+
+  it('deletes a repository whose images were deleted', async () => {
+    const emptied = await pushLayers('emptied/app', 'v1', ['layer of emptied/app']);
+    await pushLayers('kept/app', 'v1', ['layer of kept/app']);
+    await deleteManifest('emptied/app', emptied.digest);
+
+    const dry = await runGc(server, { dry_run: true });
+    assert.equal(dry.state, 'succeeded');
+    // The repository still links its blobs, which only a real run deletes.
+    assert.equal(typeof dry.progress.repositories_deleted, 'number');
+    assert.ok((await repositoryNames()).includes('emptied/app'), 'dry run deletes nothing');
+
+    const real = await runGc(server);
+    assert.equal(real.state, 'succeeded', real.error ?? '');
+    assert.ok(Number(real.progress.repositories_deleted) >= 1);
+    const names = await repositoryNames();
+    assert.ok(!names.includes('emptied/app'), 'empty repository deleted');
+    assert.ok(names.includes('kept/app'), 'repository with an image kept');
+    const deletedLog = server.logs.filter(
+      (entry) =>
+        entry.msg === 'empty repositories deleted' &&
+        (entry.repositories as string[]).includes('emptied/app'),
+    );
+    assert.equal(deletedLog.length, 1);
+
+    // A push brings the repository back.
+    await pushLayers('emptied/app', 'v2', ['layer of emptied/app, again']);
+    assert.ok((await repositoryNames()).includes('emptied/app'));
+    await assertPulls('emptied/app', 'v2');
+  });
+});
+
 describe('/v1/gc', () => {
   it('lists runs newest first with a cursor', async () => {
     const first = await runGc(server, { dry_run: true });

@@ -13,6 +13,7 @@ import {
   markBlobs,
   recoverTombstones,
   sweepBlobs,
+  sweepEmptyRepositories,
   sweepOrphanedBlobFiles,
   sweepUntaggedManifests,
   sweepUploads,
@@ -294,6 +295,7 @@ export class GarbageCollector {
       await sweepBlobs(run);
       await sweepOrphanedBlobFiles(run);
       await sweepUploads(run);
+      await sweepEmptyRepositories(run);
 
       progress.phase = 'done';
       await this.runs.finish(id, 'succeeded', progress, null);

@@ -14,6 +14,7 @@ export type GcPhase =
   | 'blobs'
   | 'orphaned blob files'
   | 'uploads'
+  | 'repositories'
   | 'done';
 
 /**
@@ -37,6 +38,8 @@ export interface GcProgress {
   orphaned_blob_files_deleted: number;
   /** Tombstones left by a crashed run whose files this run deleted. */
   tombstones_recovered: number;
+  /** Repositories left without manifests, blobs or upload sessions. */
+  repositories_deleted: number;
 }
 
 /** A run as the admin API reports it. */
@@ -67,6 +70,7 @@ export function emptyProgress(): GcProgress {
     upload_files_deleted: 0,
     orphaned_blob_files_deleted: 0,
     tombstones_recovered: 0,
+    repositories_deleted: 0,
   };
 }
 

@@ -5,7 +5,7 @@ import { runTransaction } from '../metadata/db.js';
 import type { Dialect } from '../metadata/migrations.js';
 import type { Database } from '../metadata/schema.js';
 import { isDigest, parseDigest } from '../registry/digest.js';
-import { deleteRepositoryIfEmpty } from '../registry/repositories.js';
+import { deleteRepositoryIfEmpty, repositoryIsEmpty } from '../registry/repositories.js';
 import type { BlobStore } from '../storage/types.js';
 import type { GcPhase, GcProgress } from './runs.js';
 import { insertTombstones, lockDigests, removeTombstones, STALE_COMMIT_MS } from './tombstones.js';
@@ -77,7 +77,7 @@ class IdWindows {
   }
 }
 
-async function maxId(db: Executor, table: 'blobs' | 'manifests'): Promise<number> {
+async function maxId(db: Executor, table: 'blobs' | 'manifests' | 'repositories'): Promise<number> {
   const row = await db
     .selectFrom(table)
     .select((eb) => eb.fn.max<number | null>('id').as('max'))
@@ -515,6 +515,50 @@ export async function sweepUploads(run: SweepRun): Promise<void> {
     }
   }
   if (batch.length > 0) await deleteOrphanedUploadFiles(run, batch);
+}
+
+/**
+ * Deletes repositories that contain nothing any more: no manifest, blob link
+ * or upload session, as after their tags were deleted and swept. The catalog
+ * already leaves them out, and this removes them from the admin API's list.
+ */
+export async function sweepEmptyRepositories(run: SweepRun): Promise<void> {
+  await run.report('repositories');
+  const windows = new IdWindows(await maxId(run.db, 'repositories'));
+  while (!windows.done) {
+    await run.checkpoint();
+    const batch = await runTransaction(run.db, async (trx) => {
+      const candidates = await trx
+        .selectFrom('repositories')
+        .select(['id', 'name'])
+        .where('id', '>', windows.afterId)
+        .where('id', '<=', windows.end)
+        .where('created_at', '<', run.cutoff)
+        .where(repositoryIsEmpty)
+        .orderBy('id')
+        .limit(BATCH_SIZE)
+        .execute();
+      if (run.dryRun) return { candidates, deleted: candidates };
+      const deleted: typeof candidates = [];
+      for (const row of candidates) {
+        if (await deleteRepositoryIfEmpty(trx, run.dialect, row.id)) deleted.push(row);
+      }
+      return { candidates, deleted };
+    });
+    windows.advance(batch.candidates, BATCH_SIZE);
+    if (batch.deleted.length === 0) continue;
+
+    run.progress.repositories_deleted += batch.deleted.length;
+    run.log.info(
+      {
+        run: run.runId,
+        repositories: batch.deleted.map((row) => row.name),
+        dryRun: run.dryRun,
+      },
+      'empty repositories deleted',
+    );
+    await run.report();
+  }
 }
 
 async function deleteOrphanedUploadFiles(run: SweepRun, keys: string[]): Promise<void> {

@@ -1,4 +1,4 @@
-import { sql, type Kysely, type Transaction } from 'kysely';
+import { sql, type ExpressionBuilder, type Kysely, type Transaction } from 'kysely';
 
 import type { Dialect } from '../metadata/migrations.js';
 import { PreparedQuery } from '../metadata/prepared.js';
@@ -32,9 +32,36 @@ export async function ensureRepository(db: Executor, name: string): Promise<numb
 }
 
 /**
- * Deletes a repository that contains no manifest, blob or upload session. The
- * conditions and the delete are one statement, so a concurrent push that
- * already added content keeps the repository.
+ * Builds the condition that a repository (the `repositories` row of the
+ * query) contains no manifest, blob link or upload session.
+ */
+export function repositoryIsEmpty(eb: ExpressionBuilder<Database, 'repositories'>) {
+  return eb.not(
+    eb.exists(
+      eb
+        .selectFrom('manifests')
+        .select(sql`1`.as('one'))
+        .whereRef('manifests.repository_id', '=', 'repositories.id')
+        .unionAll(
+          eb
+            .selectFrom('repository_blobs')
+            .select(sql`1`.as('one'))
+            .whereRef('repository_blobs.repository_id', '=', 'repositories.id'),
+        )
+        .unionAll(
+          eb
+            .selectFrom('uploads')
+            .select(sql`1`.as('one'))
+            .whereRef('uploads.repository_id', '=', 'repositories.id'),
+        ),
+    ),
+  );
+}
+
+/**
+ * Deletes a repository that contains no manifest, blob or upload session, and
+ * returns whether it did. The conditions and the delete are one statement, so
+ * a concurrent push that already added content keeps the repository.
  *
  * On PostgreSQL the repository's row is locked first. A push that is adding
  * rows holds a lock on it through their foreign keys, so this waits for the
@@ -46,7 +73,7 @@ export async function deleteRepositoryIfEmpty(
   db: Executor,
   dialect: Dialect,
   repositoryId: number,
-): Promise<void> {
+): Promise<boolean> {
   if (dialect === 'postgres') {
     await db
       .selectFrom('repositories')
@@ -55,27 +82,10 @@ export async function deleteRepositoryIfEmpty(
       .forUpdate()
       .execute();
   }
-  await db
+  const result = await db
     .deleteFrom('repositories')
     .where('id', '=', repositoryId)
-    .where(({ not, exists, selectFrom }) =>
-      not(
-        exists(
-          selectFrom('manifests')
-            .select(sql`1`.as('one'))
-            .where('repository_id', '=', repositoryId)
-            .unionAll(
-              selectFrom('repository_blobs')
-                .select(sql`1`.as('one'))
-                .where('repository_id', '=', repositoryId),
-            )
-            .unionAll(
-              selectFrom('uploads')
-                .select(sql`1`.as('one'))
-                .where('repository_id', '=', repositoryId),
-            ),
-        ),
-      ),
-    )
-    .execute();
+    .where(repositoryIsEmpty)
+    .executeTakeFirst();
+  return result.numDeletedRows > 0n;
 }

@@ -83,6 +83,7 @@ const GC_PHASES = [
   'blobs',
   'orphaned blob files',
   'uploads',
+  'repositories',
   'done',
 ];
 
