@@ -64,3 +64,33 @@ export class PreparedQuery<Args extends unknown[], Row> {
     return { sql: query.sql, parameters };
   }
 }
+
+/** List lengths a PreparedListQuery keeps compiled before it starts over. */
+const MAX_LIST_LENGTHS = 64;
+
+/**
+ * A query with a list of values of varying length, such as `digest in (...)`
+ * or a multi-row insert, kept as one PreparedQuery per list length. `build`
+ * gets the fixed arguments and the list, each value bound as a parameter.
+ */
+export class PreparedListQuery<Fixed extends unknown[], Item, Row> {
+  private readonly byLength = new Map<number, PreparedQuery<unknown[], Row>>();
+
+  constructor(
+    private readonly build: (db: Kysely<Database>, fixed: Fixed, items: Item[]) => Compilable<Row>,
+  ) {}
+
+  /** Runs the query with these fixed arguments and list values. */
+  async execute(db: Kysely<Database>, fixed: Fixed, items: Item[]): Promise<QueryResult<Row>> {
+    let query = this.byLength.get(items.length);
+    if (query === undefined) {
+      const split = fixed.length;
+      query = new PreparedQuery<unknown[], Row>((builder, ...args) =>
+        this.build(builder, args.slice(0, split) as Fixed, args.slice(split) as Item[]),
+      );
+      if (this.byLength.size >= MAX_LIST_LENGTHS) this.byLength.clear();
+      this.byLength.set(items.length, query);
+    }
+    return query.execute(db, ...fixed, ...items);
+  }
+}

@@ -1,7 +1,7 @@
 import type { Transaction } from 'kysely';
 
 import { runTransaction } from '../metadata/db.js';
-import { PreparedQuery } from '../metadata/prepared.js';
+import { PreparedListQuery, PreparedQuery } from '../metadata/prepared.js';
 import type { Database } from '../metadata/schema.js';
 import type { CoreContext } from './core.js';
 import { digestOf, parseDigest } from './digest.js';
@@ -103,6 +103,31 @@ export const selectManifestByTag = new PreparedQuery((db, repository: string, ta
     .select(['manifests.digest', 'manifests.media_type', 'manifests.content', 'manifests.size'])
     .where('repositories.name', '=', repository)
     .where('tags.name', '=', tag),
+);
+
+const selectLinkedBlobs = new PreparedListQuery((db, [repositoryId]: [number], digests: string[]) =>
+  db
+    .selectFrom('blobs')
+    .innerJoin('repository_blobs', 'repository_blobs.blob_id', 'blobs.id')
+    .select(['blobs.id', 'blobs.digest', 'blobs.size'])
+    .where('repository_blobs.repository_id', '=', repositoryId)
+    .where('blobs.digest', 'in', digests),
+);
+
+/** Inserts reference rows, with digest, kind and blob id of each row in turn in `values`. */
+const insertReferences = new PreparedListQuery(
+  (db, [manifestId]: [number], values: Array<string | number | null>) =>
+    db
+      .insertInto('manifest_references')
+      .values(
+        [...chunks(values, 3)].map(([digest, kind, blobId]) => ({
+          manifest_id: manifestId,
+          digest: digest as string,
+          kind: kind as 'blob' | 'manifest',
+          blob_id: blobId as number | null,
+        })),
+      )
+      .onConflict((oc) => oc.columns(['manifest_id', 'digest']).doNothing()),
 );
 
 const selectTagDigest = new PreparedQuery((db, repositoryId: number, tag: string) =>
@@ -239,11 +264,8 @@ export class Manifests {
       // is already stored finds its rows there. In batches, because SQLite
       // limits the variables of one statement.
       for (const batch of chunks(references, 500)) {
-        await trx
-          .insertInto('manifest_references')
-          .values(batch.map((ref) => ({ manifest_id: manifestId, ...ref })))
-          .onConflict((oc) => oc.columns(['manifest_id', 'digest']).doNothing())
-          .execute();
+        const values = batch.flatMap((ref) => [ref.digest, ref.kind, ref.blob_id]);
+        await insertReferences.execute(trx, [manifestId], values);
       }
 
       const previous =
@@ -341,14 +363,8 @@ export class Manifests {
     const digests = unique(descriptors.map((descriptor) => descriptor.digest));
     const found = new Map<string, { id: number; size: number }>();
     for (const batch of chunks(digests, 500)) {
-      const present = await trx
-        .selectFrom('blobs')
-        .innerJoin('repository_blobs', 'repository_blobs.blob_id', 'blobs.id')
-        .select(['blobs.id', 'blobs.digest', 'blobs.size'])
-        .where('repository_blobs.repository_id', '=', repositoryId)
-        .where('blobs.digest', 'in', batch)
-        .execute();
-      for (const row of present) found.set(row.digest, { id: row.id, size: row.size });
+      const present = await selectLinkedBlobs.execute(trx, [repositoryId], batch);
+      for (const row of present.rows) found.set(row.digest, { id: row.id, size: row.size });
     }
 
     const missing: string[] = [];
