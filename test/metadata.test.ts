@@ -6,10 +6,11 @@ import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import Database from 'better-sqlite3';
-import { sql } from 'kysely';
+import { sql, type Transaction } from 'kysely';
 
-import { openMetadataDb } from '../src/metadata/db.js';
+import { openMetadataDb, runTransaction } from '../src/metadata/db.js';
 import { MIGRATIONS } from '../src/metadata/migrations.js';
+import type { Database as MetadataSchema } from '../src/metadata/schema.js';
 import { PreparedQuery } from '../src/metadata/prepared.js';
 import { selectManifestByDigest, selectManifestByTag } from '../src/registry/manifests.js';
 
@@ -159,6 +160,121 @@ describe('metadata database', () => {
       other.close();
       await handle.close();
     }
+  });
+});
+
+describe('transactions on SQLite', () => {
+  async function open() {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
+    const handle = await openMetadataDb({ driver: 'sqlite', dataDir });
+    const other = new Database(path.join(dataDir, 'mcr.db'));
+    const names = () =>
+      (
+        other.prepare('select name from repositories order by name').all() as Array<{
+          name: string;
+        }>
+      ).map((row) => row.name);
+    /** Checkpoints the log, and returns how many frames it holds. */
+    const walFrames = () =>
+      (other.prepare('pragma wal_checkpoint(PASSIVE)').get() as { log: number }).log;
+    const close = async () => {
+      other.close();
+      await handle.close();
+    };
+    return { handle, names, walFrames, close };
+  }
+
+  const insert = (name: string) => (trx: Transaction<MetadataSchema>) =>
+    trx.insertInto('repositories').values({ name, created_at: 0 }).execute();
+
+  it('commit together when started together', async () => {
+    const { handle, names, walFrames, close } = await open();
+    // Checkpoints the log, so that the next commit starts it over.
+    walFrames();
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        runTransaction(handle.db, async (trx) => {
+          await insert(`together/r${String(i).padStart(2, '0')}`)(trx);
+          return i;
+        }),
+      ),
+    );
+    assert.deepEqual(
+      results,
+      Array.from({ length: 20 }, (_, i) => i),
+    );
+    assert.equal(names().length, 20);
+    // One commit writes each changed page once, as a frame of the
+    // write-ahead log. Twenty commits wrote each page twenty times.
+    const frames = walFrames();
+    assert.ok(frames <= 4, `${frames} log frames`);
+    await close();
+  });
+
+  it('roll back only the transaction that fails', async () => {
+    const { handle, names, close } = await open();
+    const failure = new Error('work failed');
+    const outcomes = await Promise.allSettled([
+      runTransaction(handle.db, insert('alone/a')),
+      runTransaction(handle.db, async (trx) => {
+        await insert('alone/b')(trx);
+        throw failure;
+      }),
+      runTransaction(handle.db, insert('alone/c')),
+    ]);
+    assert.deepEqual(
+      outcomes.map((outcome) => outcome.status),
+      ['fulfilled', 'rejected', 'fulfilled'],
+    );
+    assert.equal((outcomes[1] as PromiseRejectedResult).reason, failure);
+    assert.deepEqual(names(), ['alone/a', 'alone/c']);
+    await close();
+  });
+
+  it('fail together when the commit fails', async () => {
+    const { handle, names, close } = await open();
+    const outcomes = await Promise.allSettled([
+      runTransaction(handle.db, insert('commit/a')),
+      runTransaction(handle.db, async (trx) => {
+        // A foreign key checked only at the commit, which it then fails.
+        await sql`pragma defer_foreign_keys = on`.execute(trx);
+        await trx
+          .insertInto('tags')
+          .values({ repository_id: 999, name: 'x', manifest_id: 999, updated_at: 0 })
+          .execute();
+      }),
+      runTransaction(handle.db, insert('commit/c')),
+    ]);
+    for (const outcome of outcomes) {
+      assert.equal(outcome.status, 'rejected');
+      assert.match(String((outcome as PromiseRejectedResult).reason), /FOREIGN KEY/);
+    }
+    assert.deepEqual(names(), []);
+
+    // The next transaction runs as usual.
+    await runTransaction(handle.db, insert('commit/d'));
+    assert.deepEqual(names(), ['commit/d']);
+    await close();
+  });
+
+  it('fail together when one ends the whole transaction', async () => {
+    const { handle, names, close } = await open();
+    const outcomes = await Promise.allSettled([
+      runTransaction(handle.db, insert('ended/a')),
+      runTransaction(handle.db, async (trx) => {
+        await insert('ended/b')(trx);
+        await sql`rollback`.execute(trx);
+      }),
+      runTransaction(handle.db, insert('ended/c')),
+    ]);
+    assert.deepEqual(
+      outcomes.map((outcome) => outcome.status),
+      ['rejected', 'rejected', 'rejected'],
+    );
+    assert.deepEqual(names(), []);
+    await runTransaction(handle.db, insert('ended/d'));
+    assert.deepEqual(names(), ['ended/d']);
+    await close();
   });
 });
 

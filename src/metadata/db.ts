@@ -121,7 +121,7 @@ export async function openMetadataDb(options: OpenOptions): Promise<MetadataDb> 
  * concurrent transaction deleted (23503), as when garbage collection deletes
  * a blob that a manifest push references. A new attempt reads afresh, so a
  * push that lost its blob fails with the registry's own error, and garbage
- * collection sees the new reference. `work` must change nothing outside the
+ * collection finds the new reference. `work` must change nothing outside the
  * transaction. SQLite runs one write transaction at a time and raises none
  * of these.
  */
@@ -129,6 +129,8 @@ export async function runTransaction<T>(
   db: Kysely<Database>,
   work: (trx: Transaction<Database>) => Promise<T>,
 ): Promise<T> {
+  const group = commitGroups.get(db);
+  if (group !== undefined) return group.run(work);
   for (let attempt = 1; ; attempt += 1) {
     try {
       return await db.transaction().execute(work);
@@ -143,6 +145,98 @@ export async function runTransaction<T>(
 }
 
 const TRANSACTION_ATTEMPTS = 5;
+
+/** The commit group of each SQLite database that runTransaction uses. */
+const commitGroups = new WeakMap<Kysely<Database>, CommitGroup>();
+
+/** Transactions that one commit takes at most. */
+const MAX_GROUP = 64;
+
+/**
+ * Runs the transactions that requests start at about the same time in one
+ * SQLite transaction, each inside a savepoint of its own, and commits them
+ * together. SQLite runs one write transaction at a time anyway, and a commit
+ * writes every page that the transaction changed to the write-ahead log. The
+ * transactions of concurrent manifest pushes change the same pages (the
+ * newest rows of each table and index), so one commit for all of them writes
+ * each page once.
+ *
+ * A transaction that fails is rolled back to its savepoint, and the others go
+ * on. No caller hears of success before the commit: if the commit fails, or
+ * SQLite rolls the whole transaction back, every transaction of the group fails.
+ */
+class CommitGroup {
+  private queue: Array<{
+    work: (trx: Transaction<Database>) => Promise<unknown>;
+    resolve: (value: unknown) => void;
+    reject: (error: unknown) => void;
+  }> = [];
+  private scheduled = false;
+
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly sqlite: SqliteDatabase.Database,
+  ) {}
+
+  run<T>(work: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ work, resolve: resolve as (value: unknown) => void, reject });
+      if (!this.scheduled) {
+        this.scheduled = true;
+        // After the event loop has read what every connection sent, so that
+        // the requests that arrived together join one group.
+        setImmediate(() => void this.flush());
+      }
+    });
+  }
+
+  private async flush(): Promise<void> {
+    const group = this.queue.splice(0, MAX_GROUP);
+    const outcomes: Array<{ value: unknown } | { error: unknown }> = [];
+    // The error that ended the whole transaction, when one did. Kysely's own
+    // rollback then fails too, and its error would hide this one.
+    let ended: unknown;
+    try {
+      await this.db.transaction().execute(async (trx) => {
+        for (const item of group) {
+          await trx.executeQuery(SAVEPOINT);
+          try {
+            const value = await item.work(trx);
+            await trx.executeQuery(RELEASE);
+            outcomes.push({ value });
+          } catch (error) {
+            // Some errors, such as a full disk, end the whole transaction.
+            if (!this.sqlite.inTransaction) {
+              ended = error;
+              throw error;
+            }
+            await trx.executeQuery(ROLLBACK_TO);
+            await trx.executeQuery(RELEASE);
+            outcomes.push({ error });
+          }
+        }
+      });
+    } catch (error) {
+      group.forEach((item, index) => {
+        const outcome = outcomes[index];
+        item.reject(outcome && 'error' in outcome ? outcome.error : (ended ?? error));
+      });
+      return;
+    } finally {
+      this.scheduled = this.queue.length > 0;
+      if (this.scheduled) setImmediate(() => void this.flush());
+    }
+    group.forEach((item, index) => {
+      const outcome = outcomes[index] as (typeof outcomes)[number];
+      if ('error' in outcome) item.reject(outcome.error);
+      else item.resolve(outcome.value);
+    });
+  }
+}
+
+const SAVEPOINT = CompiledQuery.raw('savepoint mcr_transaction');
+const RELEASE = CompiledQuery.raw('release mcr_transaction');
+const ROLLBACK_TO = CompiledQuery.raw('rollback to mcr_transaction');
 const CONFLICT_CODES = new Set(['40P01', '40001', '23503']);
 
 /** Pauses between attempts to reach PostgreSQL at start: 1 s, 2 s, and so on up to 5 s. */
@@ -209,6 +303,7 @@ async function openSqlite(options: OpenOptions): Promise<MetadataDb> {
   const db = new Kysely<Database>({
     dialect: new ImmediateSqliteDialect({ database: connection }),
   });
+  commitGroups.set(db, new CommitGroup(db, sqlite));
   // data_version changes when another connection (another process) commits;
   // this connection's own writes are counted by the statement wrapper. In a
   // profile of manifest GETs, the two reads of each request (credentials,
