@@ -18,7 +18,17 @@ import {
   startPostgres,
   testPostgresUrl,
 } from './helpers/postgres.js';
-import { pushBlob, pushImage } from './helpers/oci.js';
+import { startGc, waitForGc } from './helpers/gc.js';
+import {
+  descriptor,
+  OCI_CONFIG,
+  OCI_INDEX,
+  OCI_LAYER,
+  OCI_MANIFEST,
+  pushBlob,
+  pushImage,
+  sha256,
+} from './helpers/oci.js';
 import { unusedPort } from './helpers/mcrctl.js';
 import { runUntilExit, startServer, type TestServer } from './helpers/server.js';
 
@@ -362,6 +372,102 @@ describe(
         await writer.end();
         await server.cleanup();
       }
+    });
+  },
+);
+
+describe(
+  'garbage collection of manifests on PostgreSQL',
+  { skip: serverUrl ? false : 'not a PostgreSQL test run' },
+  () => {
+    let server: TestServer;
+    let other: pg.Client;
+    before(async () => {
+      server = await startServer({ env: { MCR_GC_GRACE_PERIOD: '0s' } });
+      other = new pg.Client({ connectionString: databaseUrlFor(server.dataDir) });
+      await other.connect();
+    });
+    after(async () => {
+      await other?.end();
+      await server?.cleanup();
+    });
+
+    /** Pushes an image by digest, so that nothing tags it, and returns the manifest. */
+    async function pushUntagged(repository: string): Promise<{ digest: string; body: Buffer }> {
+      const config = JSON.stringify({ architecture: 'amd64', os: 'linux', id: Math.random() });
+      const layer = `layer ${Math.random()}`;
+      await pushBlob(server, repository, config);
+      await pushBlob(server, repository, layer);
+      const body = Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: OCI_MANIFEST,
+          config: descriptor(OCI_CONFIG, config),
+          layers: [descriptor(OCI_LAYER, layer)],
+        }),
+      );
+      const digest = sha256(body);
+      const response = await server.fetch(`/v2/${repository}/manifests/${digest}`, {
+        method: 'PUT',
+        headers: { 'Content-Type': OCI_MANIFEST },
+        body,
+      });
+      assert.equal(response.status, 201);
+      return { digest, body };
+    }
+
+    it('keeps a manifest that a push tags while the run waits', async () => {
+      const { digest } = await pushUntagged('gcwait/tagged');
+      // The tag goes in as a push's would, holding a lock on the manifest's
+      // row until the commit.
+      await other.query('begin');
+      await other.query(
+        `insert into tags (repository_id, name, manifest_id, updated_at)
+         select repository_id, 'late', id, 0 from manifests where digest = $1`,
+        [digest],
+      );
+      const started = await startGc(server, { delete_untagged: true });
+      await sleep(500);
+      await other.query('commit');
+      const run = await waitForGc(server, started.id);
+      assert.equal(run.state, 'succeeded', run.error ?? '');
+
+      const tagged = await server.fetch('/v2/gcwait/tagged/manifests/late', {
+        headers: { Accept: OCI_MANIFEST },
+      });
+      assert.equal(tagged.status, 200);
+      assert.equal(tagged.headers.get('docker-content-digest'), digest);
+      await tagged.arrayBuffer();
+    });
+
+    it('rejects an index whose child the run deletes meanwhile', async () => {
+      const child = await pushUntagged('gcwait/index');
+      // The run's lock on the child's row, and its delete, come first.
+      await other.query('begin');
+      await other.query('select id from manifests where digest = $1 for update', [child.digest]);
+      const index = JSON.stringify({
+        schemaVersion: 2,
+        mediaType: OCI_INDEX,
+        manifests: [{ mediaType: OCI_MANIFEST, digest: child.digest, size: child.body.length }],
+      });
+      const pushing = server.fetch('/v2/gcwait/index/manifests/all', {
+        method: 'PUT',
+        headers: { 'Content-Type': OCI_INDEX },
+        body: index,
+      });
+      await sleep(500);
+      await other.query('delete from manifests where digest = $1', [child.digest]);
+      await other.query('commit');
+
+      const pushed = await pushing;
+      const body = (await pushed.json()) as { errors: Array<{ code: string }> };
+      assert.equal(pushed.status, 400);
+      assert.equal(body.errors[0]?.code, 'MANIFEST_BLOB_UNKNOWN');
+      const stored = await other.query(
+        'select count(*)::int as n from manifests where digest = $1',
+        [sha256(index)],
+      );
+      assert.equal(stored.rows[0].n, 0);
     });
   },
 );

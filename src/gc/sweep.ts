@@ -154,22 +154,43 @@ export async function sweepUntaggedManifests(run: SweepRun): Promise<void> {
     const windows = new IdWindows(await maxId(run.db, 'manifests'));
     while (!windows.done) {
       await run.checkpoint();
-      const rows = await runTransaction(run.db, async (trx) => {
-        const candidates = await selectUntaggedManifests(trx, run.cutoff, windows);
-        if (!run.dryRun && candidates.length > 0) {
-          // manifest_references rows go with the manifest (ON DELETE CASCADE).
+      const batch = await runTransaction(run.db, async (trx) => {
+        const candidates = await untaggedManifests(trx, run.cutoff)
+          .where('m.id', '>', windows.afterId)
+          .where('m.id', '<=', windows.end)
+          .orderBy('m.id')
+          .limit(BATCH_SIZE)
+          .execute();
+        if (run.dryRun || candidates.length === 0) return { candidates, deleted: candidates };
+
+        let deleted = candidates;
+        if (run.dialect === 'postgres') {
+          // A push that tags one of these manifests, or lists it in an index,
+          // holds a lock on its row until it commits. Locking the rows waits
+          // for such pushes, and the select after it reads what they added.
+          const ids = candidates.map((row) => row.id);
           await trx
-            .deleteFrom('manifests')
-            .where(
-              'id',
-              'in',
-              candidates.map((row) => row.id),
-            )
+            .selectFrom('manifests')
+            .select('id')
+            .where('id', 'in', ids)
+            .forUpdate()
             .execute();
+          deleted = await untaggedManifests(trx, run.cutoff).where('m.id', 'in', ids).execute();
+          if (deleted.length === 0) return { candidates, deleted };
         }
-        return candidates;
+        // manifest_references rows go with the manifest (ON DELETE CASCADE).
+        await trx
+          .deleteFrom('manifests')
+          .where(
+            'id',
+            'in',
+            deleted.map((row) => row.id),
+          )
+          .execute();
+        return { candidates, deleted };
       });
-      windows.advance(rows, BATCH_SIZE);
+      windows.advance(batch.candidates, BATCH_SIZE);
+      const rows = batch.deleted;
       if (rows.length === 0) continue;
 
       deletedInPass += rows.length;
@@ -186,13 +207,16 @@ export async function sweepUntaggedManifests(run: SweepRun): Promise<void> {
   }
 }
 
-function selectUntaggedManifests(db: Executor, cutoff: number, windows: IdWindows) {
+/**
+ * Manifests that nothing keeps: created before the cutoff, without a tag, not
+ * listed in an index of their repository, and not referring to a subject
+ * that is stored.
+ */
+function untaggedManifests(db: Executor, cutoff: number) {
   return db
     .selectFrom('manifests as m')
     .innerJoin('repositories as r', 'r.id', 'm.repository_id')
     .select(['m.id', 'm.digest', 'r.name as repository'])
-    .where('m.id', '>', windows.afterId)
-    .where('m.id', '<=', windows.end)
     .where('m.created_at', '<', cutoff)
     .where((eb) =>
       eb.not(
@@ -230,10 +254,7 @@ function selectUntaggedManifests(db: Executor, cutoff: number, windows: IdWindow
           ),
         ),
       ]),
-    )
-    .orderBy('m.id')
-    .limit(BATCH_SIZE)
-    .execute();
+    );
 }
 
 /**

@@ -337,12 +337,15 @@ export class Manifests {
       const digests = unique(manifest.manifests.map((child) => child.digest));
       const found = new Set<string>();
       for (const batch of chunks(digests, 500)) {
-        const present = await trx
+        let query = trx
           .selectFrom('manifests')
           .select('digest')
           .where('repository_id', '=', repositoryId)
-          .where('digest', 'in', batch)
-          .execute();
+          .where('digest', 'in', batch);
+        // Until this push commits, garbage collection waits to delete a
+        // child manifest, and then finds it listed (see sweep.ts).
+        if (this.ctx.dialect === 'postgres') query = query.forKeyShare();
+        const present = await query.execute();
         for (const row of present) found.add(row.digest);
       }
       const missing = digests.filter((digest) => !found.has(digest));
