@@ -321,6 +321,87 @@ describe('chunked upload', () => {
   });
 });
 
+describe('an upload whose repository is deleted meanwhile', () => {
+  /** Sends a request whose body arrives in two parts, running `between` in the pause. */
+  function sendInTwoParts(
+    method: string,
+    target: string,
+    body: Buffer,
+    between: () => Promise<void>,
+  ): Promise<{ status: number; code: string | undefined }> {
+    return new Promise((resolve, reject) => {
+      const url = new URL(target, server.url);
+      const request = http.request(url, {
+        method,
+        headers: {
+          authorization: `Basic ${Buffer.from(server.creds).toString('base64')}`,
+          'content-type': 'application/octet-stream',
+          'content-length': body.length,
+        },
+      });
+      request.on('error', reject);
+      request.on('response', (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => {
+          const text = Buffer.concat(chunks).toString();
+          const parsed = text ? (JSON.parse(text) as { errors?: Array<{ code: string }> }) : {};
+          resolve({ status: response.statusCode ?? 0, code: parsed.errors?.[0]?.code });
+        });
+      });
+      request.write(body.subarray(0, body.length / 2));
+      setTimeout(() => {
+        between().then(() => request.end(body.subarray(body.length / 2)), reject);
+      }, 300);
+    });
+  }
+
+  async function deleteRepository(name: string): Promise<void> {
+    const response = await server.fetch(`/v1/repositories/${name}`, { method: 'DELETE' });
+    assert.equal(response.status, 204);
+  }
+
+  it('answers BLOB_UPLOAD_UNKNOWN to the finishing PUT', async () => {
+    const data = randomBytes(64 * 1024);
+    const location = await startUpload('deleted/put');
+    const result = await sendInTwoParts('PUT', `${location}?digest=${sha256(data)}`, data, () =>
+      deleteRepository('deleted/put'),
+    );
+    assert.deepEqual(result, { status: 404, code: 'BLOB_UPLOAD_UNKNOWN' });
+    const catalog = await server.fetch('/v2/_catalog');
+    const { repositories } = (await catalog.json()) as { repositories: string[] };
+    assert.ok(!repositories.includes('deleted/put'));
+  });
+
+  it('answers BLOB_UPLOAD_UNKNOWN to a PATCH', async () => {
+    const data = randomBytes(64 * 1024);
+    const location = await startUpload('deleted/patch');
+    const result = await sendInTwoParts('PATCH', location, data, () =>
+      deleteRepository('deleted/patch'),
+    );
+    assert.deepEqual(result, { status: 404, code: 'BLOB_UPLOAD_UNKNOWN' });
+  });
+
+  it('never answers 416 to a request that races the deletion', async () => {
+    const statuses = new Map<number, number>();
+    for (let round = 0; round < 20; round++) {
+      const name = `deleted/race${round}`;
+      const location = await startUpload(name);
+      const [patch] = await Promise.all([
+        server.fetch(location, { method: 'PATCH', body: randomBytes(1024) }),
+        server.fetch(`/v1/repositories/${name}`, { method: 'DELETE' }),
+      ]);
+      statuses.set(patch.status, (statuses.get(patch.status) ?? 0) + 1);
+      if (patch.status === 404) assert.equal(await errorCode(patch), 'BLOB_UPLOAD_UNKNOWN');
+      else await patch.arrayBuffer();
+    }
+    assert.deepEqual(
+      [...statuses.keys()].filter((status) => status !== 202 && status !== 404),
+      [],
+    );
+  });
+});
+
 describe('blob reads', () => {
   let digest: string;
   const data = Buffer.from('0123456789abcdefghij');

@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 
+import { runTransaction } from '../metadata/db.js';
 import type { CoreContext } from './core.js';
 import { byteOrder } from './listings.js';
 import { findRepositoryId } from './repositories.js';
@@ -134,7 +135,10 @@ export class RepositoryAdmin {
       .select('storage_key')
       .where('repository_id', '=', repositoryId)
       .execute();
-    await this.ctx.db.deleteFrom('repositories').where('id', '=', repositoryId).execute();
+    // Runs again after a deadlock with a push that is adding rows to it.
+    await runTransaction(this.ctx.db, (trx) =>
+      trx.deleteFrom('repositories').where('id', '=', repositoryId).execute(),
+    );
     for (const upload of uploads) await this.ctx.store.abortUpload(upload.storage_key);
     this.ctx.log.info({ repository: name, uploadsCancelled: uploads.length }, 'repository deleted');
     return true;

@@ -90,6 +90,10 @@ const releaseSession = new PreparedQuery((db, id: string, holder: string) =>
     .where('holder', '=', holder),
 );
 
+const selectSessionById = new PreparedQuery((db, id: string) =>
+  db.selectFrom('uploads').select('id').where('id', '=', id),
+);
+
 const deleteSession = new PreparedQuery((db, id: string) =>
   db.deleteFrom('uploads').where('id', '=', id),
 );
@@ -141,7 +145,7 @@ export class Uploads {
     return this.withLock(id, async () => {
       const row = await this.find(repository, id);
       const expected = expectedChunkLength(chunk, row.offset);
-      const holder = await this.claim(row);
+      const holder = await this.claim(repository, row);
       let received;
       try {
         received = await this.receive(row, chunk.body, expected, false);
@@ -178,7 +182,7 @@ export class Uploads {
     return this.withLock(id, async () => {
       const row = await this.find(repository, id);
       const expected = lastChunk ? expectedChunkLength(lastChunk, row.offset) : undefined;
-      const holder = await this.claim(row);
+      const holder = await this.claim(repository, row);
       try {
         return await this.complete(
           repository,
@@ -222,9 +226,11 @@ export class Uploads {
     const upload = { key: row.storage_key, digest, size: offset, synced: received !== undefined };
     try {
       await commitBlob(this.ctx, upload, async (trx) => {
+        // A repository deleted since the claim took the session with it.
+        const ended = await deleteSession.execute(trx, row.id);
+        if (ended.numAffectedRows === 0n) throw uploadUnknown(repository, row.id);
         const blobId = await recordBlob(trx, digest.value, offset);
         await linkBlob(trx, row.repository_id, blobId);
-        await deleteSession.execute(trx, row.id);
       });
     } catch (error) {
       // The session's file went away, removed by hand or by a process that
@@ -281,7 +287,7 @@ export class Uploads {
     await this.withLock(id, async () => {
       const row = await this.find(repository, id);
       // A request of another process that holds the session gets to finish.
-      await this.claim(row);
+      await this.claim(repository, row);
       await this.discard(row);
     });
   }
@@ -311,9 +317,10 @@ export class Uploads {
   /**
    * Holds the session for this request, so that no request of another
    * process writes its file meanwhile. Throws 416 when another request holds
-   * it or the offset moved since `row` was read.
+   * it or the offset moved since `row` was read, and BLOB_UPLOAD_UNKNOWN when
+   * the session is gone.
    */
-  private async claim(row: { id: string; offset: number }): Promise<string> {
+  private async claim(repository: string, row: { id: string; offset: number }): Promise<string> {
     const holder = randomUUID();
     const now = Date.now();
     const claimed = await claimSession.execute(
@@ -325,6 +332,10 @@ export class Uploads {
       now + LEASE_MS,
     );
     if (claimed.numAffectedRows === 0n) {
+      // Cancelled, collected or deleted with its repository since `row` was read.
+      if (!(await selectSessionById.first(this.ctx.db, row.id))) {
+        throw uploadUnknown(repository, row.id);
+      }
       throw new RegistryError(
         'BLOB_UPLOAD_INVALID',
         'upload is in use by another request or was modified concurrently',
