@@ -287,7 +287,7 @@ async function createAuthServices(
     metadata.externalChangeCounter,
   );
   const issuer = new TokenIssuer(path.join(config.dataDir, 'keys'), serviceName(config));
-  const sessions = new Sessions(metadata.db, accounts);
+  const sessions = new Sessions(metadata.db, metadata.dialect, accounts);
   return { accounts, tokens, policies, authenticator, issuer, sessions, audit };
 }
 

@@ -122,6 +122,61 @@ describe('sessions', () => {
     assert.equal((await json('DELETE', '/v1/accounts/xsession')).status, 204);
   });
 
+  it('open none with an access token', async () => {
+    await json('POST', '/v1/accounts', {
+      username: 'xtoken',
+      password: 'xtoken-password',
+      role: 'user',
+      kind: 'human',
+    });
+    const issued = await json('POST', '/v1/accounts/xtoken/tokens', { name: 'login' });
+    assert.equal(issued.status, 201);
+    const login = await json(
+      'POST',
+      '/v1/auth/login',
+      { username: 'xtoken', password: issued.body.secret },
+      null,
+    );
+    assert.equal(login.status, 401);
+    assert.equal(
+      login.body.error,
+      'log in with a password; send an access token itself as Basic credentials or as a Bearer token',
+    );
+    assert.equal((await json('DELETE', '/v1/accounts/xtoken')).status, 204);
+  });
+
+  it('open none that outlives a concurrent password change', async () => {
+    await json('POST', '/v1/accounts', {
+      username: 'yrace',
+      password: 'yrace-password-0',
+      role: 'user',
+      kind: 'human',
+    });
+    let opened = 0;
+    for (let round = 0; round < 8; round++) {
+      const old = `yrace-password-${round}`;
+      const logins = Array.from({ length: 4 }, () =>
+        json('POST', '/v1/auth/login', { username: 'yrace', password: old }, null),
+      );
+      const change = json('PATCH', '/v1/accounts/yrace', {
+        password: `yrace-password-${round + 1}`,
+      });
+      const [changed, ...results] = await Promise.all([change, ...logins]);
+      assert.equal(changed.status, 200);
+      // Whatever the order, no session opened with the old password may work
+      // once both are done: the change ended it, or it began after the change.
+      for (const result of results) {
+        if (result.status !== 200) continue;
+        opened += 1;
+        const bearer = `Bearer ${result.body.token as string}`;
+        const after = await json('GET', '/v1/accounts/yrace', undefined, bearer);
+        assert.equal(after.status, 401, `round ${round}: a session outlived the change`);
+      }
+    }
+    console.log(`${opened} of 32 logins opened a session before the change ended it`);
+    assert.equal((await json('DELETE', '/v1/accounts/yrace')).status, 204);
+  });
+
   it('reject wrong credentials and bad bodies', async () => {
     assert.equal(
       (await json('POST', '/v1/auth/login', { username: 'admin', password: 'nope' }, null)).status,

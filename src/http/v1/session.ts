@@ -37,7 +37,17 @@ export function registerSessionRoutes(app: FastifyInstance, { auth }: V1Deps): v
         }
         throw error;
       }
+      // A session would outlive the token's revocation and drop its scopes.
+      if (principal.method !== 'password') {
+        throw new ApiError(
+          401,
+          'log in with a password; send an access token itself as Basic credentials or as a Bearer token',
+        );
+      }
       const session = await auth.sessions.create(principal.account);
+      // The account changed while the password was checked.
+      if (session === undefined)
+        throw new ApiError(401, 'invalid username, password or access token');
       sendJson(reply, 200, {
         token: session.token,
         expires_at: new Date(session.expiresAt).toISOString(),
