@@ -124,7 +124,7 @@ export async function startRegistry(
     metrics,
     metricsMode: config.metrics.mode,
     checkHealth: () => checkHealth(metadata, store),
-    fsck: new Fsck(metadata.db, store, log, config.gracePeriodMs),
+    fsck: new Fsck(metadata.db, metadata.dialect, store, log, config.gracePeriodMs),
     tokenTtlMs: config.tokenTtlMs,
     refreshTokenTtlMs: config.refreshTokenTtlMs,
     log,

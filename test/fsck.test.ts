@@ -4,6 +4,11 @@ import { existsSync, mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync 
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
+import pino from 'pino';
+
+import { Fsck } from '../src/fsck/index.js';
+import { openMetadataDb } from '../src/metadata/db.js';
+import { FilesystemBlobStore } from '../src/storage/filesystem.js';
 import { pushBlob, pushImage } from './helpers/oci.js';
 import { startServer, type TestServer } from './helpers/server.js';
 
@@ -110,5 +115,35 @@ describe('fsck', () => {
     );
     assert.equal(existsSync(alteredFile), true);
     assert.equal((await server.fetch(`/v2/fsck/damaged/manifests/missing`)).status, 200);
+  });
+
+  it('keeps a row whose bytes come back during the repair', async () => {
+    const bytes = randomBytes(300);
+    const digest = await pushBlob(server, 'fsck/again', bytes);
+    rmSync(blobFile(digest));
+
+    // A second process on the same data directory, as mcr's own fsck is,
+    // whose progress callback puts the bytes back as an upload would.
+    const handle = await openMetadataDb({ driver: 'sqlite', dataDir: server.dataDir });
+    const fsck = new Fsck(
+      handle.db,
+      handle.dialect,
+      new FilesystemBlobStore(server.dataDir),
+      pino({ level: 'silent' }),
+      60_000,
+    );
+    let restored = false;
+    const report = await fsck.run({ repair: true }, (progress) => {
+      if (progress.phase !== 'repair' || restored) return;
+      restored = true;
+      writeFileSync(blobFile(digest), bytes);
+    });
+    await handle.close();
+
+    assert.ok(restored);
+    assert.ok(report.missingBytes.some((entry) => entry.digest === digest));
+    assert.equal(report.repaired.rowsRemoved, 0);
+    const head = await server.fetch(`/v2/fsck/again/blobs/${digest}`, { method: 'HEAD' });
+    assert.equal(head.status, 200);
   });
 });

@@ -3,7 +3,9 @@ import { createHash } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 
+import { lockDigests } from '../gc/tombstones.js';
 import { runTransaction } from '../metadata/db.js';
+import type { Dialect } from '../metadata/migrations.js';
 import type { Database } from '../metadata/schema.js';
 import { parseDigest, type Digest } from '../registry/digest.js';
 import { BlobNotFoundError, type BlobStore } from '../storage/types.js';
@@ -42,6 +44,7 @@ export interface FsckProgress {
 export class Fsck {
   constructor(
     private readonly db: Kysely<Database>,
+    private readonly dialect: Dialect,
     private readonly store: BlobStore,
     private readonly log: Logger,
     private readonly gracePeriodMs: number,
@@ -234,28 +237,40 @@ export class Fsck {
     const keptRows: FsckReport['missingBytes'] = [];
     for (const entry of report.missingBytes) {
       onProgress({ phase: 'repair', done: done++, total });
-      const removed = await runTransaction(this.db, async (trx) => {
+      const outcome = await runTransaction(this.db, async (trx) => {
+        // As garbage collection does, so that an upload of the same digest
+        // either finishes first or waits for this transaction.
+        await lockDigests(trx, this.dialect, [entry.digest]);
         const row = await trx
           .selectFrom('blobs')
           .select('id')
           .where('digest', '=', entry.digest)
           .executeTakeFirst();
-        if (!row) return true;
+        if (!row) return 'gone';
         const reference = await trx
           .selectFrom('manifest_references')
           .select('manifest_id')
           .where('blob_id', '=', row.id)
           .limit(1)
           .executeTakeFirst();
-        if (reference) return false;
+        const committing = await trx
+          .selectFrom('blob_commits')
+          .select('digest')
+          .where('digest', '=', entry.digest)
+          .limit(1)
+          .executeTakeFirst();
+        // The bytes may have come back with an upload since the check.
+        if (reference || committing || (await this.store.stat(parseDigest(entry.digest)))) {
+          return 'kept';
+        }
         await trx.deleteFrom('repository_blobs').where('blob_id', '=', row.id).execute();
         await trx.deleteFrom('blobs').where('id', '=', row.id).execute();
-        return true;
+        return 'removed';
       });
-      if (removed) {
+      if (outcome === 'removed') {
         report.repaired.rowsRemoved += 1;
         this.log.warn({ digest: entry.digest }, 'fsck removed a blob row whose bytes are missing');
-      } else {
+      } else if (outcome === 'kept') {
         keptRows.push(entry);
       }
     }
