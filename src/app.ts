@@ -81,7 +81,12 @@ export async function startRegistry(
     connectWaitMs: config.connectWaitMs,
     onConnectRetry: (error, waitedMs) =>
       log.warn(
-        { err: error, waitedMs, connectWaitMs: config.connectWaitMs },
+        {
+          error: error.message,
+          code: (error as { code?: unknown }).code,
+          waitedMs,
+          connectWaitMs: config.connectWaitMs,
+        },
         'PostgreSQL cannot be reached yet; trying again (database.connect_wait)',
       ),
     backgroundCheckpoints: true,

@@ -121,6 +121,16 @@ level = "debug"
     ['unknown section', '[cache]\nsize = 1\n', /unknown key cache/],
     ['wrong type', '[server]\nlisten_addr = 5000\n', /server\.listen_addr/],
     ['invalid TOML', '[server\n', /invalid TOML/],
+    [
+      'a statement timeout PostgreSQL cannot take',
+      { MCR_DATABASE_STATEMENT_TIMEOUT: '597h' },
+      /database\.statement_timeout: expected at most "596h".*MCR_DATABASE_STATEMENT_TIMEOUT/,
+    ],
+    [
+      'a duration too long to count',
+      { MCR_DATABASE_CONNECT_WAIT: `${'9'.repeat(400)}h` },
+      /database\.connect_wait: expected a duration/,
+    ],
   ];
   for (const [name, input, pattern] of invalid) {
     it(`rejects ${name}, naming the key`, () => {
@@ -157,6 +167,8 @@ describe('parseDuration', () => {
     ['h', undefined],
     ['1h 30m', undefined],
     ['-1h', undefined],
+    ['3000000d', 259_200_000_000_000],
+    ['300000000000d', undefined],
   ];
   for (const [input, expected] of cases) {
     it(`parses "${input}"`, () => assert.equal(parseDuration(input), expected));

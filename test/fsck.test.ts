@@ -122,8 +122,8 @@ describe('fsck', () => {
     const digest = await pushBlob(server, 'fsck/again', bytes);
     rmSync(blobFile(digest));
 
-    // A second process on the same data directory, as mcr's own fsck is,
-    // whose progress callback puts the bytes back as an upload would.
+    // An fsck in this process, on the server's data directory, whose
+    // progress callback puts the bytes back as an upload would.
     const handle = await openMetadataDb({ driver: 'sqlite', dataDir: server.dataDir });
     const fsck = new Fsck(
       handle.db,

@@ -19,5 +19,6 @@ export function parseDuration(input: string): number | undefined {
     consumed += match[0].length;
   }
   if (input.length === 0 || consumed !== input.length) return undefined;
-  return total;
+  // A number too large to count milliseconds exactly is no duration.
+  return Number.isSafeInteger(total) ? total : undefined;
 }

@@ -17,6 +17,9 @@ const optionalListenAddress = z
     message: 'expected HOST:PORT or an empty string to turn it off',
   });
 
+/** PostgreSQL's statement_timeout is a 32-bit count of milliseconds. */
+const MAX_STATEMENT_TIMEOUT_MS = 2 ** 31 - 1;
+
 const duration = z.string().refine((value) => parseDuration(value) !== undefined, {
   message: 'expected a duration such as "30m", "1h" or "1h30m"',
 });
@@ -71,7 +74,11 @@ const configSchema = z.strictObject({
     .strictObject({
       driver: z.enum(['sqlite', 'postgres']).default('sqlite'),
       url: z.string().default(''),
-      statement_timeout: duration.default('60s'),
+      statement_timeout: duration
+        .refine((value) => (parseDuration(value) as number) <= MAX_STATEMENT_TIMEOUT_MS, {
+          message: 'expected at most "596h", the longest statement timeout PostgreSQL accepts',
+        })
+        .default('60s'),
       connect_wait: duration.default('60s'),
     })
     .prefault({}),

@@ -247,9 +247,9 @@ const CONNECT_RETRY_MAX_MS = 5_000;
  * Reports whether an error means that the metadata database cannot be
  * reached, is starting or shutting down, or is too busy to respond. Such
  * errors are PostgreSQL's connection exceptions (SQLSTATE class 08), operator
- * interventions (57P) and cancelled statements (57014, the statement
- * timeout), network failures, no pool connection within the timeout, and
- * SQLite still locked after its busy timeout.
+ * interventions (57P), cancelled statements (57014, the statement timeout),
+ * too many connections (53300), network failures, no pool connection within
+ * the timeout, and SQLite still locked after its busy timeout.
  */
 export function isDatabaseUnavailable(error: unknown): boolean {
   const code = (error as { code?: unknown } | undefined)?.code;
@@ -262,7 +262,7 @@ export function isDatabaseUnavailable(error: unknown): boolean {
 }
 
 const UNAVAILABLE_CODES =
-  /^(08[0-9A-Z]{3}|57P0[1-3]|57014|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|SQLITE_BUSY)$/;
+  /^(08[0-9A-Z]{3}|57P0[1-3]|57014|53300|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|SQLITE_BUSY)$/;
 
 /** Returns a connection URL with its password, if any, replaced by `***`. */
 function redactPassword(url: string): string {
