@@ -123,7 +123,7 @@ export async function openMetadataDb(options: OpenOptions): Promise<MetadataDb> 
  * push that lost its blob fails with the registry's own error, and garbage
  * collection finds the new reference. `work` must change nothing outside the
  * transaction. SQLite runs one write transaction at a time and raises none
- * of these.
+ * of these; there, `work` runs in the database's CommitGroup.
  */
 export async function runTransaction<T>(
   db: Kysely<Database>,
