@@ -52,6 +52,12 @@ async function json(
   };
 }
 
+/** Creates a human account as admin. */
+async function createAccount(username: string, password: string, role: string): Promise<void> {
+  const created = await json('POST', '/v1/accounts', { username, password, role, kind: 'human' });
+  assert.equal(created.status, 201);
+}
+
 const asUser = basicAuth('user1', 'user1-password');
 
 describe('sessions', () => {
@@ -76,12 +82,7 @@ describe('sessions', () => {
   });
 
   it('end sessions on a password change', async () => {
-    await json('POST', '/v1/accounts', {
-      username: 'xsession',
-      password: 'xsession-password',
-      role: 'admin',
-      kind: 'human',
-    });
+    await createAccount('xsession', 'xsession-password', 'admin');
     const login = async (username: string, password: string) => {
       const response = await json('POST', '/v1/auth/login', { username, password }, null);
       assert.equal(response.status, 200);
@@ -123,12 +124,7 @@ describe('sessions', () => {
   });
 
   it('open none with an access token', async () => {
-    await json('POST', '/v1/accounts', {
-      username: 'xtoken',
-      password: 'xtoken-password',
-      role: 'user',
-      kind: 'human',
-    });
+    await createAccount('xtoken', 'xtoken-password', 'user');
     const issued = await json('POST', '/v1/accounts/xtoken/tokens', { name: 'login' });
     assert.equal(issued.status, 201);
     const login = await json(
@@ -146,12 +142,7 @@ describe('sessions', () => {
   });
 
   it('open none that outlives a concurrent password change', async () => {
-    await json('POST', '/v1/accounts', {
-      username: 'yrace',
-      password: 'yrace-password-0',
-      role: 'user',
-      kind: 'human',
-    });
+    await createAccount('yrace', 'yrace-password-0', 'user');
     let opened = 0;
     for (let round = 0; round < 8; round++) {
       const old = `yrace-password-${round}`;
