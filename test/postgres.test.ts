@@ -2,7 +2,7 @@
 // of credentials and manifests rely on. Runs in the PostgreSQL pass only.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -18,7 +18,7 @@ import {
   startPostgres,
   testPostgresUrl,
 } from './helpers/postgres.js';
-import { startGc, waitForGc } from './helpers/gc.js';
+import { getGcRun, insertGarbageBlobs, runGc, startGc, waitForGc } from './helpers/gc.js';
 import {
   descriptor,
   OCI_CONFIG,
@@ -144,6 +144,12 @@ describe(
       const blocked = handle.db
         .transaction()
         .execute((trx) => trx.selectFrom('tags').select('id').execute());
+      // Its failure can arrive while the termination below is still under
+      // way, so it is caught from the start rather than when asserted.
+      const outcome = blocked.then(
+        () => new Error('the blocked query finished'),
+        (error: unknown) => error,
+      );
 
       const admin = new pg.Client({ connectionString: url });
       await admin.connect();
@@ -164,7 +170,7 @@ describe(
             where datname = current_database() and pid <> pg_backend_pid() and pid <> $1`,
           [otherPid],
         );
-        await assert.rejects(blocked, /terminat/);
+        assert.match(String(await outcome), /terminat/);
       } finally {
         await other.query('rollback');
         await admin.end();
@@ -472,34 +478,59 @@ describe(
   },
 );
 
+/**
+ * Builds a TCP forwarder from a loopback port to the test's PostgreSQL
+ * server, to stand between mcr and the server. `open` starts listening, and
+ * `cut` ends every connection and stops listening, as an outage would.
+ */
+function databaseForwarder(port: number, target: URL) {
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    const upstream = connect(Number(target.port), target.hostname);
+    for (const end of [socket, upstream]) {
+      sockets.add(end);
+      end.on('close', () => sockets.delete(end));
+    }
+    socket.pipe(upstream).pipe(socket);
+    socket.on('error', () => upstream.destroy());
+    upstream.on('error', () => socket.destroy());
+  });
+  return {
+    open: () => new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve)),
+    cut: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const socket of sockets) socket.destroy();
+      }),
+  };
+}
+
+/** Creates the database of a new data directory and a forwarder to it. */
+async function forwardedDatabase() {
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-pg-forward-'));
+  const target = new URL(await createDatabaseFor(serverUrl as string, dataDir));
+  const forwarded = new URL(target);
+  forwarded.port = String(await unusedPort());
+  const forwarder = databaseForwarder(Number(forwarded.port), target);
+  return { dataDir, forwarded, forwarder };
+}
+
 describe(
   'mcr started before PostgreSQL accepts connections',
   { skip: serverUrl ? false : 'not a PostgreSQL test run' },
   () => {
     it('retries until it can connect', async () => {
-      const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-pg-wait-'));
-      const target = new URL(await createDatabaseFor(serverUrl as string, dataDir));
-      const port = await unusedPort();
-      const late = new URL(target);
-      late.port = String(port);
-      // Nothing listens on the port until this forwarder to the real server
-      // opens it, 2.5 s after mcr starts.
-      const forwarder = createServer((socket) => {
-        const upstream = connect(Number(target.port), target.hostname);
-        socket.pipe(upstream).pipe(socket);
-        socket.on('error', () => upstream.destroy());
-        upstream.on('error', () => socket.destroy());
-      });
-      const opening = sleep(2_500).then(
-        () => new Promise<void>((resolve) => forwarder.listen(port, '127.0.0.1', resolve)),
-      );
+      const { dataDir, forwarded, forwarder } = await forwardedDatabase();
+      // Nothing listens on the port until the forwarder opens it, 2.5 s
+      // after mcr starts.
+      const opening = sleep(2_500).then(() => forwarder.open());
       let server: TestServer | undefined;
       try {
         server = await startServer({
           dataDir,
           env: {
             MCR_DATABASE_DRIVER: 'postgres',
-            MCR_DATABASE_URL: late.toString(),
+            MCR_DATABASE_URL: forwarded.toString(),
             MCR_DATABASE_CONNECT_WAIT: '30s',
           },
         });
@@ -517,7 +548,52 @@ describe(
         assert.deepEqual(await tags.json(), { name: 'late/app', tags: ['v1'] });
       } finally {
         await server?.cleanup();
-        forwarder.close();
+        await forwarder.cut();
+        await dropDatabaseFor(serverUrl as string, dataDir);
+      }
+    });
+  },
+);
+
+describe(
+  'garbage collection during an outage',
+  { skip: serverUrl ? false : 'not a PostgreSQL test run' },
+  () => {
+    it('records its end once the database is back', async () => {
+      const { dataDir, forwarded, forwarder } = await forwardedDatabase();
+      await forwarder.open();
+      let server: TestServer | undefined;
+      try {
+        server = await startServer({
+          dataDir,
+          env: {
+            MCR_DATABASE_DRIVER: 'postgres',
+            MCR_DATABASE_URL: forwarded.toString(),
+            MCR_GC_GRACE_PERIOD: '0s',
+            MCR_GC_LOCK_TTL: '2m',
+          },
+        });
+        // Enough garbage that the run is still going when the outage starts.
+        await insertGarbageBlobs(dataDir, 'outage/app', 4_000);
+        const started = await startGc(server);
+        await sleep(100);
+        await forwarder.cut();
+        await sleep(3_000);
+        await forwarder.open();
+
+        const deadline = Date.now() + 15_000;
+        let run = await getGcRun(server, started.id).catch(() => undefined);
+        while (run?.state !== 'failed' && Date.now() < deadline) {
+          await sleep(200);
+          run = await getGcRun(server, started.id).catch(() => undefined);
+        }
+        assert.equal(run?.state, 'failed');
+        // The lock is free again long before its two minutes are up.
+        const next = await runGc(server);
+        assert.equal(next.state, 'succeeded', next.error ?? '');
+      } finally {
+        await server?.cleanup();
+        await forwarder.cut();
         await dropDatabaseFor(serverUrl as string, dataDir);
       }
     });

@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 
+import { isDatabaseUnavailable } from '../metadata/db.js';
 import type { Locks } from '../metadata/locks.js';
 import type { Dialect } from '../metadata/migrations.js';
 import type { Database } from '../metadata/schema.js';
@@ -306,21 +308,28 @@ export class GarbageCollector {
     } catch (error) {
       const message = (error as Error).message;
       log.error({ err: error, run: id, phase: progress.phase }, 'garbage collection failed');
-      await this.runs
-        .finish(id, 'failed', progress, message)
-        .catch((finishError: unknown) =>
-          log.error(
-            { err: finishError, run: id },
-            'failed to record the end of a garbage collection run',
-          ),
-        );
+      // A run cut off by a database outage records its end once the
+      // database is back, so that the next run need not wait for the lock
+      // to expire.
+      await whileUnavailable(
+        () => this.runs.finish(id, 'failed', progress, message),
+        this.options.lockTtlMs,
+        () => this.stopping,
+      ).catch((finishError: unknown) =>
+        log.error(
+          { err: finishError, run: id },
+          'failed to record the end of a garbage collection run',
+        ),
+      );
     } finally {
       lease.close();
-      await locks
-        .release(GC_LOCK, lease.holder)
-        .catch((error: unknown) =>
-          log.error({ err: error, run: id }, 'failed to release the garbage collection lock'),
-        );
+      await whileUnavailable(
+        () => locks.release(GC_LOCK, lease.holder),
+        this.options.lockTtlMs,
+        () => this.stopping,
+      ).catch((error: unknown) =>
+        log.error({ err: error, run: id }, 'failed to release the garbage collection lock'),
+      );
       if (this.active?.id === id) this.active = undefined;
     }
 
@@ -391,5 +400,33 @@ export class GarbageCollector {
       );
     };
     run();
+  }
+}
+
+/** Pause between attempts of whileUnavailable. */
+const UNAVAILABLE_RETRY_MS = 2_000;
+
+/**
+ * Runs `write`, and again every 2 s while the database is unavailable, for up
+ * to `limitMs` and until `stopping` returns true, as at shutdown.
+ */
+async function whileUnavailable(
+  write: () => Promise<unknown>,
+  limitMs: number,
+  stopping: () => boolean,
+): Promise<void> {
+  const deadline = Date.now() + limitMs;
+  for (;;) {
+    try {
+      await write();
+      return;
+    } catch (error) {
+      const retry =
+        isDatabaseUnavailable(error) &&
+        !stopping() &&
+        Date.now() + UNAVAILABLE_RETRY_MS <= deadline;
+      if (!retry) throw error;
+      await sleep(UNAVAILABLE_RETRY_MS);
+    }
   }
 }
