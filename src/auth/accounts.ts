@@ -181,8 +181,8 @@ export class Accounts {
         .where('username', '=', username)
         .returningAll()
         .executeTakeFirst();
-      // A new password ends the account's login sessions, so that whoever
-      // logged in with the old one has to log in again.
+      // A new password ends the account's login sessions, so that a client
+      // that logged in with the old one has to log in again.
       if (updated && passwordHash !== undefined) {
         await trx.deleteFrom('sessions').where('account_id', '=', updated.id).execute();
       }
