@@ -257,6 +257,21 @@ describe('transactions on SQLite', () => {
     await close();
   });
 
+  it('report the error after SQLite rolled back by itself', async () => {
+    const { handle, close } = await open();
+    // As SQLite does after a full disk, this ends the transaction before the
+    // error reaches Kysely, whose own rollback then has nothing to undo.
+    const failure = new Error('database or disk is full');
+    await assert.rejects(
+      handle.db.transaction().execute(async (trx) => {
+        await sql`rollback`.execute(trx);
+        throw failure;
+      }),
+      (error: unknown) => error === failure,
+    );
+    await close();
+  });
+
   it('fail together when one ends the whole transaction', async () => {
     const { handle, names, close } = await open();
     const outcomes = await Promise.allSettled([

@@ -193,9 +193,6 @@ class CommitGroup {
   private async flush(): Promise<void> {
     const group = this.queue.splice(0, MAX_GROUP);
     const outcomes: Array<{ value: unknown } | { error: unknown }> = [];
-    // The error that ended the whole transaction, when one did. Kysely's own
-    // rollback then fails too, and its error would hide this one.
-    let ended: unknown;
     try {
       await this.db.transaction().execute(async (trx) => {
         for (const item of group) {
@@ -206,10 +203,7 @@ class CommitGroup {
             outcomes.push({ value });
           } catch (error) {
             // Some errors, such as a full disk, end the whole transaction.
-            if (!this.sqlite.inTransaction) {
-              ended = error;
-              throw error;
-            }
+            if (!this.sqlite.inTransaction) throw error;
             await trx.executeQuery(ROLLBACK_TO);
             await trx.executeQuery(RELEASE);
             outcomes.push({ error });
@@ -219,7 +213,7 @@ class CommitGroup {
     } catch (error) {
       group.forEach((item, index) => {
         const outcome = outcomes[index];
-        item.reject(outcome && 'error' in outcome ? outcome.error : (ended ?? error));
+        item.reject(outcome && 'error' in outcome ? outcome.error : error);
       });
       return;
     } finally {
@@ -301,7 +295,7 @@ async function openSqlite(options: OpenOptions): Promise<MetadataDb> {
 
   const connection = withStatementCache(sqlite);
   const db = new Kysely<Database>({
-    dialect: new ImmediateSqliteDialect({ database: connection }),
+    dialect: new ImmediateSqliteDialect({ database: connection }, sqlite),
   });
   commitGroups.set(db, new CommitGroup(db, sqlite));
   // data_version changes when another connection (another process) commits;
@@ -622,12 +616,27 @@ function withStatementCache(
  * locked" when another connection (the sqlite3 shell, a backup tool) wrote
  * in between; an immediate one takes the write lock first and so waits
  * politely for busy_timeout instead.
+ *
+ * After some errors, such as a full disk during the commit, SQLite has
+ * already rolled the transaction back. A ROLLBACK then fails with "no
+ * transaction is active", and Kysely would throw that error instead of the
+ * one that explains the failure, so the driver skips it.
  */
 class ImmediateSqliteDialect extends SqliteDialect {
+  constructor(
+    config: ConstructorParameters<typeof SqliteDialect>[0],
+    private readonly sqlite: SqliteDatabase.Database,
+  ) {
+    super(config);
+  }
+
   override createDriver(): Driver {
     const driver = super.createDriver();
     driver.beginTransaction = async (connection) => {
       await connection.executeQuery(CompiledQuery.raw('begin immediate'));
+    };
+    driver.rollbackTransaction = async (connection) => {
+      if (this.sqlite.inTransaction) await connection.executeQuery(CompiledQuery.raw('rollback'));
     };
     return driver;
   }
