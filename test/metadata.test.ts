@@ -28,9 +28,12 @@ async function openWithOtherConnection() {
 }
 
 describe('metadata database', () => {
-  it('creates the SQLite file 0600 with WAL and foreign keys', async () => {
+  it('creates the SQLite file 0600 with WAL, full sync and foreign keys', async () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-meta-'));
     const handle = await openMetadataDb({ driver: 'sqlite', dataDir });
+    // FULL (2): every commit flushes the write-ahead log.
+    const { rows } = await sql<{ synchronous: number }>`pragma synchronous`.execute(handle.db);
+    assert.deepEqual(rows, [{ synchronous: 2 }]);
     await handle.close();
 
     const file = path.join(dataDir, 'mcr.db');

@@ -279,7 +279,10 @@ async function openSqlite(options: OpenOptions): Promise<MetadataDb> {
 
   const sqlite = new SqliteDatabase(file);
   await enableWal(sqlite);
-  sqlite.pragma('synchronous = NORMAL');
+  // Each commit flushes the log, so that what a 201 acknowledged survives a
+  // power loss. CommitGroup shares one commit, and its flush, among the
+  // transactions that start together.
+  sqlite.pragma('synchronous = FULL');
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
 
