@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -399,6 +400,54 @@ describe('an upload whose repository is deleted meanwhile', () => {
       [...statuses.keys()].filter((status) => status !== 202 && status !== 404),
       [],
     );
+  });
+});
+
+describe('a full disk', () => {
+  // A data directory on a small tmpfs of its own. Mounting needs root, which
+  // CI runs as; elsewhere the test skips.
+  const mountPoint = mkdtempSync(path.join(tmpdir(), 'mcr-full-'));
+  const mounted =
+    spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mountPoint]).status === 0;
+
+  after(() => {
+    if (mounted) spawnSync('umount', [mountPoint]);
+    rmSync(mountPoint, { recursive: true, force: true });
+  });
+
+  it('answers 507 and keeps nothing of the blob', { skip: !mounted && 'needs mount' }, async () => {
+    const full = await startServer({ dataDir: path.join(mountPoint, 'data') });
+    try {
+      const big = randomBytes(12 * 1024 * 1024);
+      const response = await full.fetch(`/v2/full/app/blobs/uploads/?digest=${sha256(big)}`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/octet-stream' },
+        body: big,
+      });
+      assert.equal(response.status, 507);
+      // The rest of the body stays unread, so the connection closes.
+      assert.equal(response.headers.get('connection'), 'close');
+      const body = (await response.json()) as { errors: Array<{ code: string; message: string }> };
+      assert.deepEqual(body.errors[0], {
+        code: 'UNKNOWN',
+        message: 'the registry is out of storage space; retry after its operator has freed some',
+      });
+      // The log line can arrive after the response.
+      await waitFor(() =>
+        full.logs.some(
+          (entry) =>
+            entry.msg === 'the data directory or the database is out of space; answering 507',
+        ),
+      );
+
+      // The failed upload's bytes are gone, so a small blob fits again.
+      assert.deepEqual(readdirSync(path.join(full.dataDir, 'uploads')), []);
+      const head = await full.fetch(`/v2/full/app/blobs/${sha256(big)}`, { method: 'HEAD' });
+      assert.equal(head.status, 404);
+      await pushBlob(full, 'full/app', randomBytes(4096));
+    } finally {
+      await full.stop();
+    }
   });
 });
 

@@ -26,6 +26,11 @@ export function sendError(
     return reply;
   }
 
+  // An error in the middle of a request body, such as a full disk, leaves
+  // the rest unread. Closing the connection after the response stops the
+  // client's upload instead of keeping the connection busy.
+  if (!request.raw.complete) reply.header('Connection', 'close');
+
   if (clientWentAway(request, error)) {
     request.log.info(
       { method: request.method, path: request.url.split('?')[0], error: (error as Error).message },
@@ -50,6 +55,14 @@ export function sendError(
       .send(errorBody('UNAVAILABLE', 'the metadata database is unavailable; retry later'));
   }
 
+  if (isStorageFull(error)) {
+    logStorageFull(request, error);
+    return reply
+      .code(507)
+      .type('application/json')
+      .send(errorBody('UNKNOWN', STORAGE_FULL_MESSAGE));
+  }
+
   const status = httpStatusOf(error);
   if (status !== undefined && status < 500) {
     return reply
@@ -68,24 +81,55 @@ export function sendError(
 /** Seconds a client is asked to wait (Retry-After) while the metadata database is unavailable. */
 export const UNAVAILABLE_RETRY_SECONDS = 5;
 
-/** Logs at most one line per UNAVAILABLE_LOG_MS for an outage, with the number left out. */
-const UNAVAILABLE_LOG_MS = 10_000;
-let unavailableLoggedAt = 0;
-let unavailableLeftOut = 0;
+/** Logs at most one line per LOG_INTERVAL_MS for errors of one kind, with the number left out. */
+class RateLimitedLog {
+  private loggedAt = 0;
+  private leftOut = 0;
 
-export function logUnavailable(request: FastifyRequest, error: unknown): void {
-  const now = Date.now();
-  if (now - unavailableLoggedAt < UNAVAILABLE_LOG_MS) {
-    unavailableLeftOut += 1;
-    return;
+  constructor(private readonly message: string) {}
+
+  log(request: FastifyRequest, error: unknown): void {
+    const now = Date.now();
+    if (now - this.loggedAt < LOG_INTERVAL_MS) {
+      this.leftOut += 1;
+      return;
+    }
+    request.log.error({ err: error, similarErrorsNotLogged: this.leftOut }, this.message);
+    this.loggedAt = now;
+    this.leftOut = 0;
   }
-  request.log.error(
-    { err: error, similarErrorsNotLogged: unavailableLeftOut },
-    'the metadata database is unavailable; answering 503',
-  );
-  unavailableLoggedAt = now;
-  unavailableLeftOut = 0;
 }
+
+const LOG_INTERVAL_MS = 10_000;
+
+const unavailableLog = new RateLimitedLog('the metadata database is unavailable; answering 503');
+const storageFullLog = new RateLimitedLog(
+  'the data directory or the database is out of space; answering 507',
+);
+
+/** Logs an outage of the metadata database, at most once per 10 s. */
+export function logUnavailable(request: FastifyRequest, error: unknown): void {
+  unavailableLog.log(request, error);
+}
+
+/** Logs a full disk, at most once per 10 s. */
+export function logStorageFull(request: FastifyRequest, error: unknown): void {
+  storageFullLog.log(request, error);
+}
+
+/**
+ * Reports whether an error means that the disk or quota of the blob store or
+ * the metadata database is full: ENOSPC and EDQUOT from the file system,
+ * SQLITE_FULL, and PostgreSQL's disk_full (53100).
+ */
+export function isStorageFull(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL' || code === '53100';
+}
+
+/** The message of a 507 response to a full disk. */
+export const STORAGE_FULL_MESSAGE =
+  'the registry is out of storage space; retry after its operator has freed some';
 
 function httpStatusOf(error: unknown): number | undefined {
   const status = (error as { statusCode?: unknown }).statusCode;

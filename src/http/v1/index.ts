@@ -10,7 +10,13 @@ import { registerAuditRoutes } from './audit.js';
 import { registerFsckRoutes } from './fsck.js';
 import { registerGcRoutes } from './gc.js';
 import { isDatabaseUnavailable } from '../../metadata/db.js';
-import { logUnavailable, UNAVAILABLE_RETRY_SECONDS } from '../errors.js';
+import {
+  isStorageFull,
+  logStorageFull,
+  logUnavailable,
+  STORAGE_FULL_MESSAGE,
+  UNAVAILABLE_RETRY_SECONDS,
+} from '../errors.js';
 import { ApiError, sendJson, type V1Deps } from './context.js';
 import { registerHealthRoutes } from './health.js';
 import { registerPolicyRoutes } from './policies.js';
@@ -83,6 +89,10 @@ export async function registerV1(app: FastifyInstance, deps: V1Deps): Promise<vo
         return send(503, 'the metadata database is unavailable; retry later', {
           'Retry-After': String(UNAVAILABLE_RETRY_SECONDS),
         });
+      }
+      if (isStorageFull(error)) {
+        logStorageFull(request, error);
+        return send(507, STORAGE_FULL_MESSAGE);
       }
       request.log.error({ err: error }, 'admin API request failed');
       return send(500, 'internal server error; the registry log has the details');
