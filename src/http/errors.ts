@@ -29,7 +29,7 @@ export function sendError(
   // An error in the middle of a request body, such as a full disk, leaves
   // the rest unread. Closing the connection after the response stops the
   // client's upload instead of keeping the connection busy.
-  if (!request.raw.complete) reply.header('Connection', 'close');
+  if (hasBody(request) && !request.raw.complete) reply.header('Connection', 'close');
 
   if (clientWentAway(request, error)) {
     request.log.info(
@@ -130,6 +130,14 @@ export function isStorageFull(error: unknown): boolean {
 /** The message of a 507 response to a full disk. */
 export const STORAGE_FULL_MESSAGE =
   'the registry is out of storage space; retry after its operator has freed some';
+
+/** Reports whether a request declared a body, by its length or chunked transfer coding. */
+function hasBody(request: FastifyRequest): boolean {
+  const length = request.headers['content-length'];
+  return (
+    (length !== undefined && length !== '0') || request.headers['transfer-encoding'] !== undefined
+  );
+}
 
 function httpStatusOf(error: unknown): number | undefined {
   const status = (error as { statusCode?: unknown }).statusCode;
