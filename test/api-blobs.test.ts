@@ -425,7 +425,7 @@ describe('a full disk', () => {
         body: big,
       });
       assert.equal(response.status, 507);
-      // The rest of the body stays unread, so the connection closes.
+      // The failed write ended the body stream, so the connection closes.
       assert.equal(response.headers.get('connection'), 'close');
       const body = (await response.json()) as { errors: Array<{ code: string; message: string }> };
       assert.deepEqual(body.errors[0], {

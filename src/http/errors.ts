@@ -27,9 +27,14 @@ export function sendError(
   }
 
   // An error in the middle of a request body, such as a full disk, leaves
-  // the rest unread. Closing the connection after the response stops the
-  // client's upload instead of keeping the connection busy.
-  if (hasBody(request) && !request.raw.complete) reply.header('Connection', 'close');
+  // the rest unread. A body stream still open is read and discarded, so
+  // that the connection stays usable. One that the failed write destroyed
+  // can no longer be read, so the connection closes after the response
+  // instead of waiting for a read that never comes.
+  if (hasBody(request) && !request.raw.complete) {
+    if (request.raw.destroyed) reply.header('Connection', 'close');
+    else request.raw.resume();
+  }
 
   if (clientWentAway(request, error)) {
     request.log.info(
