@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
@@ -183,6 +183,7 @@ describe('transactions on SQLite', () => {
     const close = async () => {
       other.close();
       await handle.close();
+      rmSync(dataDir, { recursive: true, force: true });
     };
     return { handle, names, walFrames, close };
   }

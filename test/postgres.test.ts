@@ -550,6 +550,7 @@ describe(
         await server?.cleanup();
         await forwarder.cut();
         await dropDatabaseFor(serverUrl as string, dataDir);
+        rmSync(dataDir, { recursive: true, force: true });
       }
     });
   },
@@ -595,6 +596,7 @@ describe(
         await server?.cleanup();
         await forwarder.cut();
         await dropDatabaseFor(serverUrl as string, dataDir);
+        rmSync(dataDir, { recursive: true, force: true });
       }
     });
   },
