@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import Database from 'better-sqlite3';
-import { sql, type Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 
 import { openMetadataDb, runTransaction } from '../src/metadata/db.js';
 import { MIGRATIONS } from '../src/metadata/migrations.js';
@@ -191,6 +191,22 @@ describe('transactions on SQLite', () => {
   const insert = (name: string) => (trx: Transaction<MetadataSchema>) =>
     trx.insertInto('repositories').values({ name, created_at: 0 }).execute();
 
+  /**
+   * Starts three transactions together, so that they share one commit: the
+   * inserts of `prefix/a` and `prefix/c` around `middle`.
+   */
+  function startThree(
+    db: Kysely<MetadataSchema>,
+    prefix: string,
+    middle: (trx: Transaction<MetadataSchema>) => Promise<unknown>,
+  ) {
+    return Promise.allSettled([
+      runTransaction(db, insert(`${prefix}/a`)),
+      runTransaction(db, middle),
+      runTransaction(db, insert(`${prefix}/c`)),
+    ]);
+  }
+
   it('commit together when started together', async () => {
     const { handle, names, walFrames, close } = await open();
     // Checkpoints the log, so that the next commit starts it over.
@@ -218,14 +234,10 @@ describe('transactions on SQLite', () => {
   it('roll back only the transaction that fails', async () => {
     const { handle, names, close } = await open();
     const failure = new Error('work failed');
-    const outcomes = await Promise.allSettled([
-      runTransaction(handle.db, insert('alone/a')),
-      runTransaction(handle.db, async (trx) => {
-        await insert('alone/b')(trx);
-        throw failure;
-      }),
-      runTransaction(handle.db, insert('alone/c')),
-    ]);
+    const outcomes = await startThree(handle.db, 'alone', async (trx) => {
+      await insert('alone/b')(trx);
+      throw failure;
+    });
     assert.deepEqual(
       outcomes.map((outcome) => outcome.status),
       ['fulfilled', 'rejected', 'fulfilled'],
@@ -237,18 +249,14 @@ describe('transactions on SQLite', () => {
 
   it('fail together when the commit fails', async () => {
     const { handle, names, close } = await open();
-    const outcomes = await Promise.allSettled([
-      runTransaction(handle.db, insert('commit/a')),
-      runTransaction(handle.db, async (trx) => {
-        // A foreign key checked only at the commit, which it then fails.
-        await sql`pragma defer_foreign_keys = on`.execute(trx);
-        await trx
-          .insertInto('tags')
-          .values({ repository_id: 999, name: 'x', manifest_id: 999, updated_at: 0 })
-          .execute();
-      }),
-      runTransaction(handle.db, insert('commit/c')),
-    ]);
+    const outcomes = await startThree(handle.db, 'commit', async (trx) => {
+      // A foreign key checked only at the commit, which it then fails.
+      await sql`pragma defer_foreign_keys = on`.execute(trx);
+      await trx
+        .insertInto('tags')
+        .values({ repository_id: 999, name: 'x', manifest_id: 999, updated_at: 0 })
+        .execute();
+    });
     for (const outcome of outcomes) {
       assert.equal(outcome.status, 'rejected');
       assert.match(String((outcome as PromiseRejectedResult).reason), /FOREIGN KEY/);
@@ -278,14 +286,10 @@ describe('transactions on SQLite', () => {
 
   it('fail together when one ends the whole transaction', async () => {
     const { handle, names, close } = await open();
-    const outcomes = await Promise.allSettled([
-      runTransaction(handle.db, insert('ended/a')),
-      runTransaction(handle.db, async (trx) => {
-        await insert('ended/b')(trx);
-        await sql`rollback`.execute(trx);
-      }),
-      runTransaction(handle.db, insert('ended/c')),
-    ]);
+    const outcomes = await startThree(handle.db, 'ended', async (trx) => {
+      await insert('ended/b')(trx);
+      await sql`rollback`.execute(trx);
+    });
     assert.deepEqual(
       outcomes.map((outcome) => outcome.status),
       ['rejected', 'rejected', 'rejected'],

@@ -305,35 +305,51 @@ describe(
   },
 );
 
+/**
+ * Starts mcr on a database of its own and opens a second connection to that
+ * database, runs `test` with both, then closes them.
+ */
+async function withSecondConnection(
+  env: Record<string, string>,
+  test: (server: TestServer, client: pg.Client) => Promise<void>,
+): Promise<void> {
+  const server = await startServer({ env });
+  const client = new pg.Client({ connectionString: databaseUrlFor(server.dataDir) });
+  await client.connect();
+  try {
+    await test(server, client);
+  } finally {
+    await client.end();
+    await server.cleanup();
+  }
+}
+
 describe(
   'PostgreSQL statement timeout',
   { skip: serverUrl ? false : 'not a PostgreSQL test run' },
   () => {
     it('answers 503 to a request stuck on a lock', async () => {
-      const server = await startServer({ env: { MCR_DATABASE_STATEMENT_TIMEOUT: '1s' } });
-      const locker = new pg.Client({ connectionString: databaseUrlFor(server.dataDir) });
-      await locker.connect();
-      try {
-        await locker.query('begin');
-        await locker.query('lock table repositories in access exclusive mode');
-        const started = Date.now();
-        const stuck = await server.fetch('/v2/_catalog');
-        const waited = Date.now() - started;
-        assert.equal(stuck.status, 503);
-        assert.equal(stuck.headers.get('retry-after'), '5');
-        const body = (await stuck.json()) as { errors: Array<{ code: string }> };
-        assert.equal(body.errors[0]?.code, 'UNAVAILABLE');
-        assert.ok(waited >= 900, `answered after ${waited} ms, before the timeout`);
-        assert.ok(waited < 8_000, `answered after ${waited} ms`);
+      await withSecondConnection(
+        { MCR_DATABASE_STATEMENT_TIMEOUT: '1s' },
+        async (server, locker) => {
+          await locker.query('begin');
+          await locker.query('lock table repositories in access exclusive mode');
+          const started = Date.now();
+          const stuck = await server.fetch('/v2/_catalog');
+          const waited = Date.now() - started;
+          assert.equal(stuck.status, 503);
+          assert.equal(stuck.headers.get('retry-after'), '5');
+          const body = (await stuck.json()) as { errors: Array<{ code: string }> };
+          assert.equal(body.errors[0]?.code, 'UNAVAILABLE');
+          assert.ok(waited >= 900, `answered after ${waited} ms, before the timeout`);
+          assert.ok(waited < 8_000, `answered after ${waited} ms`);
 
-        await locker.query('rollback');
-        const freed = await server.fetch('/v2/_catalog');
-        assert.equal(freed.status, 200);
-        assert.deepEqual(await freed.json(), { repositories: [] });
-      } finally {
-        await locker.end();
-        await server.cleanup();
-      }
+          await locker.query('rollback');
+          const freed = await server.fetch('/v2/_catalog');
+          assert.equal(freed.status, 200);
+          assert.deepEqual(await freed.json(), { repositories: [] });
+        },
+      );
     });
   },
 );
@@ -343,10 +359,7 @@ describe(
   { skip: serverUrl ? false : 'not a PostgreSQL test run' },
   () => {
     it('keeps what a concurrent transaction adds', async () => {
-      const server = await startServer();
-      const writer = new pg.Client({ connectionString: databaseUrlFor(server.dataDir) });
-      await writer.connect();
-      try {
+      await withSecondConnection({}, async (server, writer) => {
         const layer = await pushBlob(server, 'other/app', 'a layer to link');
         // The repository exists only through this upload session, so
         // cancelling the session deletes it unless something else arrives.
@@ -374,10 +387,7 @@ describe(
         assert.equal(links.rows[0].n, 1);
         const head = await server.fetch(`/v2/lock/app/blobs/${layer}`, { method: 'HEAD' });
         assert.equal(head.status, 200);
-      } finally {
-        await writer.end();
-        await server.cleanup();
-      }
+      });
     });
   },
 );

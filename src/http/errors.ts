@@ -86,7 +86,7 @@ export function sendError(
 /** Seconds a client is asked to wait (Retry-After) while the metadata database is unavailable. */
 export const UNAVAILABLE_RETRY_SECONDS = 5;
 
-/** Logs at most one line per LOG_INTERVAL_MS for errors of one kind, with the number left out. */
+/** A log of one kind of error that writes at most one line per LOG_INTERVAL_MS, with the number left out. */
 class RateLimitedLog {
   private loggedAt = 0;
   private leftOut = 0;
@@ -112,12 +112,12 @@ const storageFullLog = new RateLimitedLog(
   'the data directory or the database is out of space; answering 507',
 );
 
-/** Logs an outage of the metadata database, at most once per 10 s. */
+/** Logs an outage of the metadata database, at most once per LOG_INTERVAL_MS. */
 export function logUnavailable(request: FastifyRequest, error: unknown): void {
   unavailableLog.log(request, error);
 }
 
-/** Logs a full disk, at most once per 10 s. */
+/** Logs a full disk, at most once per LOG_INTERVAL_MS. */
 export function logStorageFull(request: FastifyRequest, error: unknown): void {
   storageFullLog.log(request, error);
 }
