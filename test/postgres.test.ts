@@ -515,14 +515,19 @@ function databaseForwarder(port: number, target: URL) {
   };
 }
 
-/** Creates the database of a new data directory and a forwarder to it. */
+/** Creates the database of a new data directory and a forwarder to it, and a way to remove all three. */
 async function forwardedDatabase() {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'mcr-pg-forward-'));
   const target = new URL(await createDatabaseFor(serverUrl as string, dataDir));
   const forwarded = new URL(target);
   forwarded.port = String(await unusedPort());
   const forwarder = databaseForwarder(Number(forwarded.port), target);
-  return { dataDir, forwarded, forwarder };
+  const remove = async () => {
+    await forwarder.cut();
+    await dropDatabaseFor(serverUrl as string, dataDir);
+    rmSync(dataDir, { recursive: true, force: true });
+  };
+  return { dataDir, forwarded, forwarder, remove };
 }
 
 describe(
@@ -530,7 +535,7 @@ describe(
   { skip: serverUrl ? false : 'not a PostgreSQL test run' },
   () => {
     it('retries until it can connect', async () => {
-      const { dataDir, forwarded, forwarder } = await forwardedDatabase();
+      const { dataDir, forwarded, forwarder, remove } = await forwardedDatabase();
       // Nothing listens on the port until the forwarder opens it, 2.5 s
       // after mcr starts.
       const opening = sleep(2_500).then(() => forwarder.open());
@@ -558,9 +563,7 @@ describe(
         assert.deepEqual(await tags.json(), { name: 'late/app', tags: ['v1'] });
       } finally {
         await server?.cleanup();
-        await forwarder.cut();
-        await dropDatabaseFor(serverUrl as string, dataDir);
-        rmSync(dataDir, { recursive: true, force: true });
+        await remove();
       }
     });
   },
@@ -571,7 +574,7 @@ describe(
   { skip: serverUrl ? false : 'not a PostgreSQL test run' },
   () => {
     it('records its end once the database is back', async () => {
-      const { dataDir, forwarded, forwarder } = await forwardedDatabase();
+      const { dataDir, forwarded, forwarder, remove } = await forwardedDatabase();
       await forwarder.open();
       let server: TestServer | undefined;
       try {
@@ -604,9 +607,7 @@ describe(
         assert.equal(next.state, 'succeeded', next.error ?? '');
       } finally {
         await server?.cleanup();
-        await forwarder.cut();
-        await dropDatabaseFor(serverUrl as string, dataDir);
-        rmSync(dataDir, { recursive: true, force: true });
+        await remove();
       }
     });
   },
