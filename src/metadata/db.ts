@@ -92,6 +92,8 @@ export async function openMetadataDb(options: OpenOptions): Promise<MetadataDb> 
     await migrate(handle.db, handle.dialect);
     return handle;
   }
+  // NOTE: an attempt can take up to CONNECTION_TIMEOUT_MS to fail, so the
+  // whole wait can pass connectWaitMs by that much.
   const started = Date.now();
   for (let attempt = 1; ; attempt += 1) {
     const handle = await openPostgres(options);
